@@ -1,0 +1,242 @@
+"""fastai callbacks, one training concern each: schedule, precision, clipping, checkpoints, logging.
+
+They know nothing of ELECTRA's internals: the model's output and a metrics function are handed to them.
+"""
+import csv
+import math
+import os
+import time
+import warnings
+from pathlib import Path
+
+import torch
+from fastai.callback.core import Callback, CancelStepException, CancelValidException
+
+from .optim import linear_warmup_decay
+
+
+class StepCounter(Callback):
+    """Keeps `learn.step`: optimizer steps done, counting from `start_step` (non-zero when a run resumes)."""
+    order = -10
+
+    def __init__(self, start_step=0): self.start_step = start_step
+
+    def before_fit(self): self.learn.step = self.start_step
+
+    def after_batch(self):
+        if self.training: self.learn.step += 1
+
+
+class SkipValidation(Callback):
+    """Pretraining has no validation set: training is counted in steps, not epochs."""
+
+    def before_validate(self): raise CancelValidException()
+
+
+class WarmupLinearDecay(Callback):
+    """lr(step) = lr * (1 - step/T) * min(1, step/warmup): warmup multiplies the decay, as the official optimizer."""
+    order = 5
+
+    def __init__(self, lr, total_steps, warmup_steps):
+        self.lr, self.total_steps, self.warmup_steps = lr, total_steps, warmup_steps
+
+    def before_batch(self):
+        if not self.training: return
+        for g in self.opt.opt.param_groups:
+            g['lr'] = self.lr * linear_warmup_decay(self.learn.step, self.total_steps, self.warmup_steps)
+
+
+def autocast_dtype(precision):
+    return {'fp32': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}[precision]
+
+
+class Precision(Callback):
+    """fp32, bf16 autocast (CPU and CUDA) or fp16 autocast with dynamic loss scaling (CUDA).
+
+    With fp16 the gradients are unscaled *before* clipping, and a step whose gradients overflowed is skipped.
+    """
+    order = 10
+
+    def __init__(self, precision='bf16', device_type='cpu'):
+        self.precision, self.device_type = precision, device_type
+        self.dtype = autocast_dtype(precision)
+        self.scaler = None
+
+    def before_fit(self):
+        if self.precision == 'fp16':
+            self.scaler = torch.amp.GradScaler(self.device_type)
+        self.learn.scaler = self.scaler
+
+    def before_batch(self):
+        if self.dtype is not None:
+            self.autocast = torch.autocast(self.device_type, dtype=self.dtype)
+            self.autocast.__enter__()
+
+    def after_loss(self):
+        if self.dtype is not None: self.autocast.__exit__(None, None, None)
+
+    def before_backward(self):
+        if self.scaler is not None: self.learn.loss_grad = self.scaler.scale(self.loss_grad)
+
+    def before_step(self):
+        if self.scaler is None: return
+        self.scaler.unscale_(self.opt.opt)           # true gradients, so that clipping sees real norms
+        state = self.scaler._per_optimizer_states[id(self.opt.opt)]
+        if sum(v.item() for v in state['found_inf_per_device'].values()):
+            raise CancelStepException()              # overflow: skip this step, the scaler lowers its scale
+
+    def after_step(self):
+        if self.scaler is not None: self.scaler.update()
+
+    def after_cancel_step(self): self.after_step()
+
+
+class ClipGradNorm(Callback):
+    """Global gradient-norm clipping at 1.0, on unscaled gradients (runs after `Precision.before_step`)."""
+    order = 20
+
+    def __init__(self, max_norm=1.0): self.max_norm = max_norm
+
+    def before_step(self):
+        self.learn.grad_norm = torch.nn.utils.clip_grad_norm_(self.learn.model.parameters(), self.max_norm)
+
+
+def atomic_save(obj, path):
+    """torch.save to a temporary file, then rename: a kill during the save never harms an older file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f'.{path.name}.tmp{os.getpid()}')
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists(): tmp.unlink()
+    return path
+
+
+def fraction_label(fraction):
+    return f'{fraction * 100:g}pct'
+
+
+class Checkpointer(Callback):
+    """Saves `make_checkpoint(learn)` at fractions of the run into `directory`.
+
+    Files are named `{run_name}_seed{seed}_{pct}pct.pth`, e.g. `demo_seed0_6.25pct.pth`; only rank 0 writes.
+    """
+    order = 60
+
+    def __init__(self, directory, run_name, seed, total_steps, make_checkpoint,
+                 fractions=(0.0625, 0.125, 0.25, 0.5, 1.0), rank=0):
+        self.directory, self.run_name, self.seed, self.total_steps = Path(directory), run_name, seed, total_steps
+        self.make_checkpoint, self.rank = make_checkpoint, rank
+        self.at = {max(1, round(f * total_steps)): f for f in sorted(fractions)}
+        self.saved = []
+
+    def path_for(self, fraction):
+        return self.directory / f'{self.run_name}_seed{self.seed}_{fraction_label(fraction)}.pth'
+
+    def after_batch(self):
+        if not self.training or self.learn.step not in self.at: return
+        if self.rank == 0:
+            self.saved.append(atomic_save(self.make_checkpoint(self.learn), self.path_for(self.at[self.learn.step])))
+
+
+class MetricsLogger(Callback):
+    """Every `every` steps: losses, metrics, lr and tokens/s to CSV, TensorBoard and (optionally) Neptune.
+
+    `metrics_fn(pred) -> {name: value}` computes the numbers from the model's output (only on logged steps, so
+    no host-device synchronisation on the others). A failing backend is reported once and dropped; training goes on.
+    """
+    order = 70
+
+    def __init__(self, log_dir, metrics_fn, every=50, loggers=('csv', 'tensorboard'), tokens_per_step=None,
+                 run_name='run', config=None, rank=0, verbose=True):
+        self.log_dir, self.metrics_fn, self.every = Path(log_dir), metrics_fn, every
+        self.loggers, self.tokens_per_step, self.run_name, self.config = list(loggers), tokens_per_step, run_name, config
+        self.rank, self.verbose = rank, verbose
+        self.history = []
+
+    def before_fit(self):
+        self.backends = {}
+        if self.rank != 0: return
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        for name in self.loggers:
+            try: self.backends[name] = _BACKENDS[name](self.log_dir, self.run_name, self.config)
+            except Exception as e: warnings.warn(f'logger {name} disabled: {e}')
+        self.t0, self.step0 = time.perf_counter(), self.learn.step
+
+    def after_batch(self):
+        if not self.training or self.rank != 0: return
+        step = self.learn.step
+        if step % self.every and step != self.learn.total_steps: return
+        now = time.perf_counter()
+        row = {'step': step}
+        row.update({k: float(v) for k, v in self.metrics_fn(self.learn.pred).items()})
+        row['loss'] = float(self.learn.loss)
+        row['lr'] = self.opt.opt.param_groups[0]['lr'] * self.opt.opt.param_groups[0].get('lr_scale', 1.0)
+        if self.tokens_per_step:
+            row['tokens_per_s'] = self.tokens_per_step * (step - self.step0) / max(now - self.t0, 1e-9)
+        self.t0, self.step0 = now, step
+        self.history.append(row)
+        for name, backend in list(self.backends.items()):
+            try: backend.log(row)
+            except Exception as e:
+                warnings.warn(f'logger {name} failed and is disabled ({e}); training goes on')
+                self.backends.pop(name)
+
+    def after_fit(self):
+        for backend in self.backends.values():
+            try: backend.close()
+            except Exception: pass
+
+
+class _CSV:
+    def __init__(self, log_dir, run_name, config):
+        self.path = Path(log_dir) / 'metrics.csv'
+        self.file, self.writer = None, None
+
+    def log(self, row):
+        if self.writer is None:
+            self.file = self.path.open('w', newline='')
+            self.writer = csv.DictWriter(self.file, fieldnames=list(row), extrasaction='ignore')
+            self.writer.writeheader()
+        self.writer.writerow({k: (f'{v:.6g}' if isinstance(v, float) else v) for k, v in row.items()})
+        self.file.flush()
+
+    def close(self):
+        if self.file: self.file.close()
+
+
+class _TensorBoard:
+    def __init__(self, log_dir, run_name, config):
+        from torch.utils.tensorboard import SummaryWriter
+        self.writer = SummaryWriter(str(log_dir))
+        if config: self.writer.add_text('config', '\n'.join(f'    {k}: {v}' for k, v in config.items()))
+
+    def log(self, row):
+        for k, v in row.items():
+            if k != 'step' and isinstance(v, (int, float)) and math.isfinite(v):
+                self.writer.add_scalar(k, v, row['step'])
+
+    def close(self): self.writer.close()
+
+
+class _Neptune:
+    """Neptune 1.x. Its hosted service closed in 2026: by default it runs in offline mode (NEPTUNE_MODE=offline),
+    writing to .neptune/ (a self-hosted server can be used by setting NEPTUNE_MODE=async and the project/token)."""
+
+    def __init__(self, log_dir, run_name, config):
+        import neptune
+        mode = os.environ.get('NEPTUNE_MODE', 'offline')
+        self.run = neptune.init_run(mode=mode, name=run_name, project=os.environ.get('NEPTUNE_PROJECT'))
+        if config: self.run['config'] = {k: str(v) for k, v in config.items()}
+
+    def log(self, row):
+        for k, v in row.items():
+            if k != 'step': self.run[f'train/{k}'].append(v, step=row['step'])
+
+    def close(self): self.run.stop()
+
+
+_BACKENDS = {'csv': _CSV, 'tensorboard': _TensorBoard, 'neptune': _Neptune}
+LOGGERS = tuple(_BACKENDS)

@@ -1,0 +1,98 @@
+"""Pretraining checkpoints: one self-contained file holding everything needed to finetune or to resume.
+
+    {format, step, total_steps, config, generator_config, discriminator_config, tokenizer (tokenizer.json text),
+     generator, discriminator (state dicts), optimizer, rng}
+"""
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .callbacks import atomic_save
+from .errors import UserError
+
+FORMAT = 'electra-fastai-pretrain/1'
+CHECKPOINT_DIR = Path(__file__).resolve().parent.parent / 'checkpoints' / 'pretrain'
+
+
+def rng_state():
+    state = dict(python=random.getstate(), numpy=np.random.get_state(), torch=torch.get_rng_state())
+    if torch.cuda.is_available(): state['cuda'] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state):
+    random.setstate(state['python'])
+    np.random.set_state(state['numpy'])
+    torch.set_rng_state(state['torch'])
+    if 'cuda' in state and torch.cuda.is_available(): torch.cuda.set_rng_state_all(state['cuda'])
+
+
+def make_checkpoint(electra, tokenizer, config, step, total_steps, optimizer=None, with_rng=True):
+    """The checkpoint dict (weights on CPU); `config` is a plain dict of the run's settings."""
+    cpu = lambda sd: {k: v.detach().cpu() for k, v in sd.items()}
+    ckpt = dict(format=FORMAT, step=step, total_steps=total_steps, config=dict(config),
+                generator_config=electra.generator.config.to_dict(),
+                discriminator_config=electra.discriminator.config.to_dict(),
+                tokenizer=tokenizer.backend_tokenizer.to_str(),
+                generator=cpu(electra.generator.state_dict()), discriminator=cpu(electra.discriminator.state_dict()))
+    if optimizer is not None: ckpt['optimizer'] = optimizer.state_dict()
+    if with_rng: ckpt['rng'] = rng_state()
+    return ckpt
+
+
+def save_checkpoint(ckpt, path):
+    return atomic_save(ckpt, path)
+
+
+def load_checkpoint(path):
+    """Read a checkpoint, refusing truncated or foreign files with one clear line."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint '{path}' does not exist; pick one in {CHECKPOINT_DIR} or run pretrain.py first")
+    try:
+        ckpt = torch.load(path, map_location='cpu', weights_only=False)
+    except Exception as e:
+        raise UserError(f"checkpoint '{path}' cannot be read (truncated or not a torch file: "
+                        f"{str(e).splitlines()[0][:120]}); use another checkpoint") from None
+    if not isinstance(ckpt, dict) or ckpt.get('format') != FORMAT:
+        raise UserError(f"'{path}' is not a checkpoint of this project (expected format {FORMAT}); "
+                        "for Hugging Face models give their folder or hub id instead")
+    return ckpt
+
+
+def tokenizer_from_checkpoint(ckpt):
+    from tokenizers import Tokenizer
+    from transformers import ElectraTokenizerFast
+    return ElectraTokenizerFast(tokenizer_object=Tokenizer.from_str(ckpt['tokenizer']))
+
+
+def models_from_checkpoint(ckpt):
+    """(generator, discriminator) with the checkpoint's weights, embeddings shared as in training."""
+    from transformers import ElectraConfig, ElectraForMaskedLM, ElectraForPreTraining
+    from .electra import share_embeddings
+    gen = ElectraForMaskedLM(ElectraConfig.from_dict(ckpt['generator_config']))
+    disc = ElectraForPreTraining(ElectraConfig.from_dict(ckpt['discriminator_config']))
+    share_embeddings(gen, disc)
+    disc.load_state_dict(ckpt['discriminator'])
+    gen.load_state_dict(ckpt['generator'])
+    return gen, disc
+
+
+def newest_checkpoint(directory=CHECKPOINT_DIR, pattern='*.pth'):
+    files = sorted(Path(directory).glob(pattern), key=lambda p: p.stat().st_mtime)
+    if not files:
+        raise UserError(f'no checkpoint in {directory}; run `python pretrain.py` first or give a path')
+    return files[-1]
+
+
+def export_huggingface(ckpt, out_dir):
+    """Write the discriminator and generator in the Hugging Face format (`from_pretrained` loads them)."""
+    out_dir = Path(out_dir)
+    gen, disc = models_from_checkpoint(ckpt)
+    tok = tokenizer_from_checkpoint(ckpt)
+    for name, model in (('discriminator', disc), ('generator', gen)):
+        model.save_pretrained(out_dir / name)
+        tok.save_pretrained(out_dir / name)
+    return out_dir

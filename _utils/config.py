@@ -1,0 +1,159 @@
+"""Configuration: a dataclass of plain values (each with its help text), presets, and command-line overrides.
+
+A script holds `class MyConfig(Config)` with its fields; `MyConfig.from_cli()` applies, in order,
+the class defaults, the chosen preset, the environment variable ELECTRA_ARGS, then the command line:
+
+    python pretrain.py --size small --max_steps 20         # fields as flags
+    python pretrain.py --preset paper-small                # a preset sets a group of fields
+    python pretrain.py --help                              # every field, its default and meaning
+"""
+import dataclasses
+import difflib
+import os
+import shlex
+import sys
+import typing
+
+from .errors import UserError
+
+
+def option(default, help, choices=None):
+    """A config field with its help text (and allowed values, checked by `validate`)."""
+    return dataclasses.field(default=default, metadata={'help': help, 'choices': choices})
+
+
+class Config:
+    """Base of a script's `MyConfig` dataclass. Subclasses define `PRESETS = {name: {field: value}}`."""
+    PRESETS: typing.ClassVar[dict] = {}
+
+    # -- introspection -------------------------------------------------------------------------------------------
+    @classmethod
+    def field_names(cls):
+        return [f.name for f in dataclasses.fields(cls)]
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+    def __str__(self):
+        return '\n'.join(f'  {k:<22} {v!r}' for k, v in self.to_dict().items())
+
+    # -- building --------------------------------------------------------------------------------------------------
+    @classmethod
+    def from_cli(cls, argv=None, prog=None):
+        """Defaults, then preset, then $ELECTRA_ARGS, then `argv` (default: sys.argv[1:], or none inside Jupyter)."""
+        if argv is None: argv = [] if _in_notebook() else sys.argv[1:]
+        argv = shlex.split(os.environ.get('ELECTRA_ARGS', '')) + list(argv)
+        if '-h' in argv or '--help' in argv:
+            print(cls.help_text(prog)); sys.exit(0)
+        overrides = cls.parse_args(argv)
+        return cls.build(**overrides)
+
+    @classmethod
+    def build(cls, **overrides):
+        """Class defaults < preset (`overrides['preset']` or the default one) < the other overrides."""
+        unknown = [k for k in overrides if k not in cls.field_names()]
+        if unknown: raise UserError(_unknown_field_message(cls, unknown[0]))
+        preset = overrides.get('preset', getattr(cls, 'preset', None))
+        values = {}
+        if preset is not None:
+            if preset not in cls.PRESETS:
+                raise UserError(f"unknown preset '{preset}'{_did_you_mean(preset, cls.PRESETS)}; "
+                                f"presets: {', '.join(cls.PRESETS)}")
+            values.update(cls.PRESETS[preset])
+        values.update(overrides)
+        cfg = cls(**values)
+        cfg.validate()
+        return cfg
+
+    @classmethod
+    def parse_args(cls, argv):
+        """`--field value`, `--field=value` and bare `--flag` (booleans) -> {field: typed value}."""
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        out, i = {}, 0
+        while i < len(argv):
+            arg = argv[i]
+            if not arg.startswith('--'):
+                raise UserError(f"unexpected argument '{arg}'; fields are given as --name value "
+                                f"(see --help)")
+            name, eq, value = arg[2:].partition('=')
+            name = name.replace('-', '_')
+            if name not in fields: raise UserError(_unknown_field_message(cls, name))
+            typ = _field_type(cls, name)
+            if not eq:
+                if typ is bool and (i + 1 >= len(argv) or argv[i + 1].startswith('--')): value = 'true'
+                elif i + 1 >= len(argv): raise UserError(f'--{name} needs a value (see --help)')
+                else: i += 1; value = argv[i]
+            out[name] = _convert(name, value, typ)
+            i += 1
+        return out
+
+    # -- checking --------------------------------------------------------------------------------------------------
+    def validate(self):
+        """Check choices; subclasses add range checks (call super().validate())."""
+        for f in dataclasses.fields(self):
+            choices = f.metadata.get('choices')
+            value = getattr(self, f.name)
+            if choices and value not in choices:
+                raise UserError(f"--{f.name} '{value}' is not one of {', '.join(map(str, choices))}"
+                                f"{_did_you_mean(str(value), choices)}")
+
+    def check(self, ok, message):
+        if not ok: raise UserError(message)
+
+    @classmethod
+    def help_text(cls, prog=None):
+        prog = prog or os.path.basename(sys.argv[0] or 'script.py')
+        lines = [f'usage: python {prog} [--field value ...]', '',
+                 (cls.__doc__ or '').strip(), '', 'fields (default, then meaning):']
+        for f in dataclasses.fields(cls):
+            typ = _field_type(cls, f.name)
+            tname = getattr(typ, '__name__', str(typ)).replace('typing.', '')
+            choices = f.metadata.get('choices')
+            extra = f"  [{' | '.join(map(str, choices))}]" if choices else ''
+            lines.append(f'  --{f.name} {tname.upper()}'.ljust(30) + f' default {f.default!r}{extra}')
+            lines.append(' ' * 32 + f.metadata.get('help', ''))
+        if cls.PRESETS:
+            lines += ['', 'presets (--preset NAME sets these fields; flags given after still win):']
+            for name, values in cls.PRESETS.items():
+                lines.append(f'  {name:<14} ' + ', '.join(f'{k}={v}' for k, v in values.items() if k != 'preset'))
+        lines += ['', 'Also: --debug shows full tracebacks; ELECTRA_ARGS="--field value ..." is read before the '
+                      'command line.']
+        return '\n'.join(lines)
+
+
+def _in_notebook():
+    return 'ipykernel' in sys.modules or os.path.basename(sys.argv[0] or '').startswith('ipykernel')
+
+
+def _field_type(cls, name):
+    hints = typing.get_type_hints(cls)
+    typ = hints[name]
+    args = [a for a in typing.get_args(typ) if a is not type(None)]
+    return args[0] if typing.get_origin(typ) in (typing.Union, getattr(__import__('types'), 'UnionType', None)) and args else typ
+
+
+def _convert(name, value, typ):
+    if isinstance(value, str) and value.lower() in ('none', 'null') and typ is not str: return None
+    try:
+        if typ is bool:
+            v = value.lower()
+            if v in ('1', 'true', 'yes', 'on'): return True
+            if v in ('0', 'false', 'no', 'off'): return False
+            raise ValueError
+        if typ is int: return int(float(value)) if 'e' in value.lower() else int(value)
+        if typ is float: return float(value)
+        return typ(value)
+    except (ValueError, TypeError):
+        tname = getattr(typ, '__name__', str(typ))
+        raise UserError(f"--{name} expects {'an' if tname[0] in 'aeiou' else 'a'} {tname}, got '{value}'") from None
+
+
+def _did_you_mean(word, options):
+    close = difflib.get_close_matches(str(word), [str(o) for o in options], n=1, cutoff=0.5)
+    return f" (did you mean '{close[0]}'?)" if close else ''
+
+
+def _unknown_field_message(cls, name):
+    close = difflib.get_close_matches(name, cls.field_names(), n=1, cutoff=0.5)
+    hint = f"; did you mean --{close[0]}?" if close else ''
+    return f"unknown field --{name}{hint} (python {os.path.basename(sys.argv[0] or 'script.py')} --help lists all fields)"

@@ -1,0 +1,234 @@
+"""ELECTRA: generator and discriminator at a size, the shared embedding block, and one pretraining step.
+
+One step (RECIPE.md, "One pretraining step"):
+    mask 15% of real tokens (85% -> [MASK], 15% kept, 0% random)
+    -> generator predicts the masked positions (logits only there)
+    -> Gumbel-max sample at every masked position, fp32, no gradient
+    -> discriminator sees the original text with the samples put in; labels: replaced = sample != original
+    -> loss = 1 * MLM + 50 * replaced-token-detection
+The models are Hugging Face `ElectraForMaskedLM` / `ElectraForPreTraining`, so a checkpoint exports to the
+Hugging Face format with `save_pretrained`.
+"""
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .errors import UserError
+
+# Discriminator and generator shapes. Generator: same depth, a fraction of the width (RECIPE.md, "Model sizes").
+# `tiny` is this project's own size for quick CPU runs; the others are the paper's.
+SIZES = {
+    'tiny':  dict(embedding_size=128, hidden_size=128, num_hidden_layers=4, num_attention_heads=2,
+                  intermediate_size=512, generator=dict(hidden_size=64, num_attention_heads=1, intermediate_size=256)),
+    'small': dict(embedding_size=128, hidden_size=256, num_hidden_layers=12, num_attention_heads=4,
+                  intermediate_size=1024, generator=dict(hidden_size=64, num_attention_heads=1, intermediate_size=256)),
+    'base':  dict(embedding_size=768, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                  intermediate_size=3072, generator=dict(hidden_size=256, num_attention_heads=4, intermediate_size=1024)),
+    'large': dict(embedding_size=1024, hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
+                  intermediate_size=4096, generator=dict(hidden_size=256, num_attention_heads=4, intermediate_size=1024)),
+}
+
+
+def electra_configs(size, vocab_size=30522, max_position_embeddings=512, pad_token_id=0, attn_implementation='sdpa'):
+    """(generator_config, discriminator_config) as `transformers.ElectraConfig`s."""
+    from transformers import ElectraConfig
+    if size not in SIZES:
+        raise UserError(f"unknown size '{size}'; sizes: {', '.join(SIZES)}")
+    shape = dict(SIZES[size])
+    gen_shape = shape.pop('generator')
+    common = dict(vocab_size=vocab_size, max_position_embeddings=max_position_embeddings, pad_token_id=pad_token_id,
+                  hidden_act='gelu', hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1,
+                  layer_norm_eps=1e-12, initializer_range=0.02, type_vocab_size=2)
+    disc = ElectraConfig(**common, **shape)
+    gen = ElectraConfig(**common, **{**shape, **gen_shape})
+    for c in (gen, disc): c._attn_implementation = attn_implementation
+    return gen, disc
+
+
+def build_models(size, vocab_size=30522, max_position_embeddings=512, pad_token_id=0, attn_implementation='sdpa'):
+    """A generator and a discriminator sharing the whole embedding block, generator softmax tied to word embeddings."""
+    from transformers import ElectraForMaskedLM, ElectraForPreTraining
+    gen_config, disc_config = electra_configs(size, vocab_size, max_position_embeddings, pad_token_id,
+                                              attn_implementation)
+    discriminator = ElectraForPreTraining(disc_config)
+    generator = ElectraForMaskedLM(gen_config)
+    share_embeddings(generator, discriminator)
+    return generator, discriminator
+
+
+def share_embeddings(generator, discriminator):
+    # The *whole* embedding block (word, position, token type, LayerNorm) is one module; each network keeps its
+    # own embeddings_project (embedding -> hidden).
+    generator.electra.embeddings = discriminator.electra.embeddings
+    generator.generator_lm_head.weight = discriminator.electra.embeddings.word_embeddings.weight
+
+
+def count_parameters(module):
+    return sum(p.numel() for p in module.parameters())
+
+
+@dataclass
+class ElectraOutput:
+    """Everything one step computes; the loss and the metrics read it. B batch, L length, N masked slots, V vocab."""
+    mlm_logits: torch.Tensor        # (B, N, V) generator logits at the masked slots
+    masked_ids: torch.Tensor        # (B, N) original tokens at the masked slots
+    masked_weight: torch.Tensor     # (B, N) 1.0 where the slot is used (a sequence masks round(0.15*len) slots)
+    sampled_ids: torch.Tensor       # (B, N) generator samples
+    disc_logits: torch.Tensor       # (B, L) discriminator logits, > 0 means "replaced"
+    is_replaced: torch.Tensor       # (B, L) labels
+    attention_mask: torch.Tensor    # (B, L) 1 on real (non-pad) tokens
+
+
+class ELECTRA(nn.Module):
+    """Generator + discriminator and the masking between them: `forward(input_ids, token_type_ids)` is one step."""
+
+    def __init__(self, generator, discriminator, mask_token_id, special_token_ids, pad_token_id=0, mask_prob=0.15,
+                 max_predictions=None, mask_token_prob=0.85, random_token_prob=0.0, sample_temperature=1.0,
+                 sampling='auto'):
+        super().__init__()
+        self.generator, self.discriminator = generator, discriminator
+        self.mask_token_id, self.pad_token_id = mask_token_id, pad_token_id
+        self.register_buffer('special_token_ids', torch.tensor(sorted(set(special_token_ids))), persistent=False)
+        self.mask_prob, self.max_predictions = mask_prob, max_predictions
+        self.mask_token_prob, self.random_token_prob = mask_token_prob, random_token_prob
+        self.sample_temperature, self.sampling = sample_temperature, sampling
+
+    def forward(self, input_ids, token_type_ids):
+        # input_ids, token_type_ids: (B, L)
+        attention_mask = (input_ids != self.pad_token_id).long()                      # (B, L)
+        positions, weight = mask_positions(input_ids, attention_mask, self.special_token_ids, self.mask_prob,
+                                           self.max_predictions)                      # (B, N), (B, N)
+        masked_ids = input_ids.gather(1, positions)                                   # (B, N)
+        gen_input = replace_masked(input_ids, positions, weight, masked_ids, self.mask_token_id,
+                                   self.mask_token_prob, self.random_token_prob, self.generator.config.vocab_size)
+
+        mlm_logits = generator_logits_at(self.generator, gen_input, attention_mask, token_type_ids, positions)
+
+        with torch.no_grad():  # no gradient flows through the sample
+            sampled_ids = sample_from_softmax(mlm_logits, self.sample_temperature, self.sampling)  # (B, N)
+        # The discriminator sees the original text with samples put in at the used slots: never [MASK]
+        sampled_or_original = torch.where(weight.bool(), sampled_ids, masked_ids)
+        disc_input = input_ids.scatter(1, positions, sampled_or_original)              # (B, L)
+        is_replaced = disc_input != input_ids                # a sample equal to the original is labelled real
+        disc_logits = self.discriminator(input_ids=disc_input, attention_mask=attention_mask,
+                                         token_type_ids=token_type_ids).logits        # (B, L)
+        return ElectraOutput(mlm_logits, masked_ids, weight, sampled_ids, disc_logits, is_replaced, attention_mask)
+
+
+def max_predictions_for(max_length, mask_prob):
+    """Masked slots per sequence, as the official code sizes them: 19 for length 128 at 15%."""
+    return max(1, int((mask_prob + 0.005) * max_length))
+
+
+def mask_positions(input_ids, attention_mask, special_token_ids, mask_prob=0.15, max_predictions=None):
+    """Choose positions to mask, the official way: round(mask_prob * non-pad tokens) draws, clipped to
+    [1, max_predictions], with replacement among candidates (real tokens other than [CLS], [SEP], [MASK]).
+
+    Returns positions (B, N) and weight (B, N): 1.0 for the slots in use, 0.0 for unused ones, N = max_predictions.
+    Static shapes: every batch has the same N, whatever its lengths.
+    """
+    B, L = input_ids.shape
+    N = max_predictions or max_predictions_for(L, mask_prob)
+    candidates = attention_mask.bool() & ~torch.isin(input_ids, special_token_ids)        # (B, L)
+    # A row with no candidate (cannot happen with real text) samples position 0 with weight 0
+    no_candidate = ~candidates.any(1, keepdim=True)
+    probs = (candidates | (no_candidate & (torch.arange(L, device=input_ids.device) == 0))).float()
+    positions = torch.multinomial(probs, N, replacement=True)                              # (B, N)
+    n_real = attention_mask.sum(1, keepdim=True)                                            # (B, 1)
+    n_masked = torch.round(n_real * mask_prob).clamp(1, N)                                  # (B, 1)
+    weight = (torch.arange(N, device=input_ids.device) < n_masked).float() * (~no_candidate).float()
+    return positions, weight
+
+
+def replace_masked(input_ids, positions, weight, masked_ids, mask_token_id, mask_token_prob=0.85,
+                   random_token_prob=0.0, vocab_size=None):
+    """The generator's input: of the used slots, 85% become [MASK], the rest keep their token (paper: 0% random)."""
+    u = torch.rand(positions.shape, device=input_ids.device)                               # (B, N)
+    new = torch.where(u < mask_token_prob, torch.full_like(masked_ids, mask_token_id), masked_ids)
+    if random_token_prob > 0:
+        rand = torch.randint_like(masked_ids, vocab_size)
+        new = torch.where((u >= mask_token_prob) & (u < mask_token_prob + random_token_prob), rand, new)
+    new = torch.where(weight.bool(), new, masked_ids)      # unused slots keep the original token
+    return input_ids.scatter(1, positions, new)
+
+
+def generator_logits_at(generator, input_ids, attention_mask, token_type_ids, positions):
+    """Generator MLM logits only at `positions` (B, N): the vocab projection is ~40x cheaper than on all L tokens."""
+    hidden = generator.electra(input_ids=input_ids, attention_mask=attention_mask,
+                               token_type_ids=token_type_ids).last_hidden_state             # (B, L, H)
+    hidden = hidden.gather(1, positions.unsqueeze(-1).expand(-1, -1, hidden.size(-1)))      # (B, N, H)
+    return generator.generator_lm_head(generator.generator_predictions(hidden))             # (B, N, V)
+
+
+def sample_from_softmax(logits, temperature=1.0, method='auto'):
+    """One exact sample per row from softmax(logits / T), in fp32 (call under no_grad).
+
+    'gumbel': argmax(logits/T + Gumbel noise), the official way; one random number per vocab entry.
+    'inverse_cdf': one uniform per row looked up in the cumulative softmax; the same distribution, and ~5x
+    faster on CPUs, where drawing V random numbers per masked token dominates the step.
+    'auto': gumbel on GPUs, inverse_cdf on CPUs.
+    """
+    logits = logits.float() / temperature                                          # (..., V)
+    if method == 'auto': method = 'gumbel' if logits.is_cuda else 'inverse_cdf'
+    if method == 'gumbel':
+        u = torch.rand_like(logits)
+        return (logits - torch.log(-torch.log(u.clamp_min(1e-20)).clamp_min(1e-20))).argmax(-1)
+    if method == 'inverse_cdf':
+        cdf = (logits - logits.amax(-1, keepdim=True)).exp().cumsum(-1)           # unnormalised CDF
+        u = torch.rand(cdf.shape[:-1] + (1,), device=cdf.device) * cdf[..., -1:]
+        return torch.searchsorted(cdf, u).squeeze(-1).clamp_max(cdf.size(-1) - 1)
+    raise ValueError(f'unknown sampling method {method!r}')
+
+
+class ElectraLoss(nn.Module):
+    """1 x MLM (mean cross-entropy over used masked slots) + 50 x BCE over all non-pad tokens."""
+
+    def __init__(self, generator_weight=1.0, discriminator_weight=50.0):
+        super().__init__()
+        self.generator_weight, self.discriminator_weight = generator_weight, discriminator_weight
+
+    def forward(self, out: ElectraOutput, *targets):
+        mlm = mlm_loss(out)
+        disc = discriminator_loss(out)
+        return self.generator_weight * mlm + self.discriminator_weight * disc
+
+
+def mlm_loss(out):
+    ce = F.cross_entropy(out.mlm_logits.float().flatten(0, 1), out.masked_ids.flatten(), reduction='none')
+    w = out.masked_weight.flatten()
+    return (ce * w).sum() / w.sum().clamp_min(1)
+
+
+def discriminator_loss(out):
+    mask = out.attention_mask.float()
+    bce = F.binary_cross_entropy_with_logits(out.disc_logits.float(), out.is_replaced.float(), reduction='none')
+    return (bce * mask).sum() / mask.sum()
+
+
+@torch.no_grad()
+def step_metrics(out: ElectraOutput):
+    """Per-step numbers worth logging (RECIPE.md), as 0-d tensors (no host sync here)."""
+    w = out.masked_weight
+    real = out.attention_mask.bool()
+    labels = out.is_replaced[real]
+    predicted = out.disc_logits[real] > 0
+    tp = (predicted & labels).sum().float()
+    m = dict(
+        mlm_loss=mlm_loss(out), disc_loss=discriminator_loss(out),
+        gen_acc=((out.mlm_logits.argmax(-1) == out.masked_ids).float() * w).sum() / w.sum(),
+        sampled_acc=((out.sampled_ids == out.masked_ids).float() * w).sum() / w.sum(),
+        disc_acc=(predicted == labels).float().mean(),
+        disc_precision=tp / predicted.sum().clamp_min(1),
+        disc_recall=tp / labels.sum().clamp_min(1),
+        replaced_rate=labels.float().mean(),
+    )
+    return m
+
+
+def binary_entropy(p):
+    """The loss of a majority-class guesser for a label with rate p (nats): the discriminator's baseline."""
+    import math
+    p = min(max(float(p), 1e-12), 1 - 1e-12)
+    return -(p * math.log(p) + (1 - p) * math.log(1 - p))

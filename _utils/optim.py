@@ -1,0 +1,116 @@
+"""The optimizer, the schedule and parameter groups (RECIPE.md, "Optimizer and schedule").
+
+- Adam *without* bias correction, betas (0.9, 0.999), eps 1e-6, weight decay 0.01 decoupled from the gradient
+  (added to the update and scaled by the lr, as the official optimizer does), never on LayerNorm or bias.
+- lr(step) = lr * (1 - step/T) * min(1, step/warmup): warmup multiplies the decay, both from step 0.
+- Layer-wise lr decay for finetuning: lr * decay^(n+2-depth), depth(embeddings)=0, depth(layer i)=i+1,
+  depth(head)=n+2, so the top layer gets lr*0.8^2 (the official off-by-one), unless `fixed=True`.
+"""
+import re
+
+import torch
+
+
+class AdamNoBiasCorrection(torch.optim.Optimizer):
+    """m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2;  p -= lr * lr_scale * (m / (sqrt(v) + eps) + wd * p).
+
+    No bias correction: early updates are small, which is part of the recipe (with warmup). Multi-tensor
+    (`torch._foreach_*`) by default: a handful of kernels per step whatever the number of parameters.
+    Each group may carry `lr_scale` (layer-wise lr decay) that multiplies the scheduled `lr`.
+    """
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.0, foreach=True):
+        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, lr_scale=1.0)
+        super().__init__(params, defaults)
+        self.foreach = foreach
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad(): loss = closure()
+        for group in self.param_groups:
+            params = [p for p in group['params'] if p.grad is not None]
+            if not params: continue
+            grads = [p.grad for p in params]
+            for p in params:
+                if not self.state[p]:
+                    self.state[p]['exp_avg'] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    self.state[p]['exp_avg_sq'] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            m = [self.state[p]['exp_avg'] for p in params]
+            v = [self.state[p]['exp_avg_sq'] for p in params]
+            b1, b2 = group['betas']
+            lr = group['lr'] * group.get('lr_scale', 1.0)
+            wd, eps = group['weight_decay'], group['eps']
+            if self.foreach: _adam_foreach(params, grads, m, v, lr, b1, b2, eps, wd)
+            else: _adam_loop(params, grads, m, v, lr, b1, b2, eps, wd)
+        return loss
+
+
+def _adam_foreach(params, grads, m, v, lr, b1, b2, eps, wd):
+    torch._foreach_lerp_(m, grads, 1 - b1)                  # m = b1 m + (1-b1) g
+    torch._foreach_mul_(v, b2)
+    torch._foreach_addcmul_(v, grads, grads, 1 - b2)         # v = b2 v + (1-b2) g^2
+    denom = torch._foreach_sqrt(v)
+    torch._foreach_add_(denom, eps)
+    update = torch._foreach_div(m, denom)                    # m / (sqrt(v) + eps)
+    if wd: torch._foreach_add_(update, params, alpha=wd)     # + wd * p (decoupled from the gradient)
+    torch._foreach_add_(params, update, alpha=-lr)
+
+
+def _adam_loop(params, grads, m, v, lr, b1, b2, eps, wd):
+    for p, g, m_, v_ in zip(params, grads, m, v):
+        m_.mul_(b1).add_(g, alpha=1 - b1)
+        v_.mul_(b2).addcmul_(g, g, value=1 - b2)
+        update = m_ / (v_.sqrt() + eps)
+        if wd: update = update + wd * p
+        p.add_(update, alpha=-lr)
+
+
+def linear_warmup_decay(step, total_steps, warmup_steps):
+    """The lr multiplier at `step` (0-based): (1 - step/T) * min(1, step/warmup). Step 0 has lr 0."""
+    decay = max(0.0, 1.0 - step / total_steps)
+    warmup = min(1.0, step / warmup_steps) if warmup_steps > 0 else 1.0
+    return decay * warmup
+
+
+def no_weight_decay(name):
+    """LayerNorm and bias parameters get no weight decay."""
+    return name.endswith('bias') or 'LayerNorm' in name or 'layer_norm' in name
+
+
+def parameter_groups(model, weight_decay=0.01, layer_lr_decay=None, n_layers=None, fixed_off_by_one=False):
+    """Parameter groups: (decay / no decay) x (one group per depth when `layer_lr_decay` is set).
+
+    Each group carries `lr_scale`, the factor applied to the scheduled lr. Shared parameters appear once.
+    """
+    groups, seen = {}, set()
+    for name, p in model.named_parameters():
+        if not p.requires_grad or id(p) in seen: continue
+        seen.add(id(p))
+        wd = 0.0 if no_weight_decay(name) else weight_decay
+        scale = 1.0
+        if layer_lr_decay is not None:
+            depth = layer_depth(name, n_layers)
+            top = n_layers + 2 if not fixed_off_by_one else n_layers + 1
+            scale = layer_lr_decay ** max(0, top - depth)
+        key = (wd, scale)
+        groups.setdefault(key, dict(params=[], weight_decay=wd, lr_scale=scale, names=[]))
+        groups[key]['params'].append(p)
+        groups[key]['names'].append(name)
+    return list(groups.values())
+
+
+def layer_depth(name, n_layers):
+    """depth(embeddings)=0, depth(encoder layer i)=i+1, anything else (the task head) = n_layers+2."""
+    if 'embeddings' in name: return 0               # embeddings and embeddings_project
+    m = re.search(r'layer\.(\d+)\.', name)
+    if m: return int(m.group(1)) + 1
+    return n_layers + 2
+
+
+def make_optimizer(model, lr, weight_decay=0.01, betas=(0.9, 0.999), eps=1e-6, layer_lr_decay=None, n_layers=None,
+                   fixed_off_by_one=False, foreach=True):
+    groups = parameter_groups(model, weight_decay, layer_lr_decay, n_layers, fixed_off_by_one)
+    for g in groups: g.pop('names')
+    return AdamNoBiasCorrection(groups, lr=lr, betas=betas, eps=eps, foreach=foreach)

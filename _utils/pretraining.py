@@ -1,0 +1,92 @@
+"""Putting a pretraining run together: device and precision choice, the data loader, the ELECTRA model, the Learner."""
+import os
+import random
+import sys
+
+import numpy as np
+import torch
+from fastai.data.core import DataLoaders
+from fastai.learner import Learner
+
+from .callbacks import (Checkpointer, ClipGradNorm, MetricsLogger, Precision, SkipValidation, StepCounter,
+                        WarmupLinearDecay)
+from .electra import ELECTRA, ElectraLoss, build_models, max_predictions_for, step_metrics
+from .errors import UserError
+from .optim import make_optimizer
+from .text import Batches, StepBatches
+
+
+def seed_everything(seed):
+    random.seed(seed); np.random.seed(seed); torch.manual_seed(seed)
+
+
+def pick_device(device='auto'):
+    if device == 'auto': return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    if device.startswith('cuda') and not torch.cuda.is_available():
+        raise UserError(f"--device {device} asked for but no CUDA GPU is visible; use --device cpu")
+    return torch.device(device)
+
+
+def cpu_has_fast_bf16():
+    try: return bool(torch.cpu._is_amx_tile_supported() or torch.backends.mkldnn.is_available() and
+                     torch.cpu._is_avx512_bf16_supported())
+    except AttributeError: return False
+
+
+def pick_precision(precision, device):
+    """'auto': bf16 where the hardware runs it fast (Ampere+ GPUs, CPUs with AMX / AVX512-BF16), else fp16 on
+    older GPUs and fp32 on other CPUs."""
+    if precision == 'auto':
+        if device.type == 'cuda': return 'bf16' if torch.cuda.is_bf16_supported() else 'fp16'
+        return 'bf16' if cpu_has_fast_bf16() else 'fp32'
+    if precision == 'fp16' and device.type != 'cuda':
+        raise UserError('--precision fp16 needs a CUDA GPU (loss scaling); use bf16 or fp32 on the CPU')
+    return precision
+
+
+def build_electra(size, tokenizer, mask_prob=0.15, max_length=128, attn_implementation='sdpa'):
+    vocab_size = len(tokenizer)
+    generator, discriminator = build_models(size, vocab_size=vocab_size, pad_token_id=tokenizer.pad_token_id,
+                                            attn_implementation=attn_implementation)
+    if max_length > discriminator.config.max_position_embeddings:
+        raise UserError(f'--max_length {max_length} exceeds the model\'s {discriminator.config.max_position_embeddings}'
+                        ' positions; use at most that')
+    specials = [tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.mask_token_id, tokenizer.pad_token_id]
+    return ELECTRA(generator, discriminator, mask_token_id=tokenizer.mask_token_id, special_token_ids=specials,
+                   pad_token_id=tokenizer.pad_token_id, mask_prob=mask_prob,
+                   max_predictions=max_predictions_for(max_length, mask_prob))
+
+
+def step_dataloader(examples, batch_size, max_steps, seed, start_step=0, rank=0, world_size=1, num_workers=0):
+    sampler = StepBatches(len(examples), batch_size, max_steps, seed=seed, start_step=start_step, rank=rank,
+                          world_size=world_size)
+    return torch.utils.data.DataLoader(Batches(examples), sampler=sampler, batch_size=None, num_workers=num_workers,
+                                       pin_memory=torch.cuda.is_available(), persistent_workers=num_workers > 0)
+
+
+def log_metrics(out):
+    """The numbers logged every N steps: step metrics plus the discriminator's AUC over real tokens."""
+    from sklearn.metrics import roc_auc_score
+    m = {k: float(v) for k, v in step_metrics(out).items()}
+    real = out.attention_mask.bool()
+    labels = out.is_replaced[real].cpu().numpy()
+    scores = out.disc_logits[real].float().detach().cpu().numpy()
+    m['disc_auc'] = float(roc_auc_score(labels, scores)) if 0 < labels.sum() < len(labels) else float('nan')
+    return m
+
+
+def pretraining_learner(electra, train_dl, *, lr, total_steps, warmup_steps, weight_decay=0.01, adam_eps=1e-6,
+                        adam_betas=(0.9, 0.999), clip=1.0, precision='bf16', device=torch.device('cpu'),
+                        generator_weight=1.0, discriminator_weight=50.0, start_step=0, extra_cbs=()):
+    """A plain fastai Learner over the ELECTRA module, trained for `total_steps` optimizer steps (one 'epoch')."""
+    electra.to(device)
+    opt = make_optimizer(electra, lr=lr, weight_decay=weight_decay, betas=adam_betas, eps=adam_eps)
+    from fastai.optimizer import OptimWrapper
+    cbs = [StepCounter(start_step), SkipValidation(), WarmupLinearDecay(lr, total_steps, warmup_steps),
+           Precision(precision, device.type), ClipGradNorm(clip), *extra_cbs]
+    learn = Learner(DataLoaders(train_dl, []), electra, loss_func=ElectraLoss(generator_weight, discriminator_weight),
+                    opt_func=lambda params, lr: OptimWrapper(opt=opt), lr=lr, cbs=cbs, wd_bn_bias=True,
+                    train_bn=False)
+    learn.recorder.valid_metrics = False
+    learn.total_steps = total_steps
+    return learn
