@@ -107,7 +107,9 @@ def atomic_save(obj, path):
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f'.{path.name}.tmp{os.getpid()}')
     try:
-        torch.save(obj, tmp)
+        with open(tmp, 'wb') as f:
+            torch.save(obj, f)
+            f.flush(); os.fsync(f.fileno())     # on disk before the rename makes it the real file
         os.replace(tmp, path)
     finally:
         if tmp.exists(): tmp.unlink()
@@ -150,10 +152,10 @@ class MetricsLogger(Callback):
     order = 70
 
     def __init__(self, log_dir, metrics_fn, every=50, loggers=('csv', 'tensorboard'), tokens_per_step=None,
-                 run_name='run', config=None, rank=0, verbose=True):
-        self.log_dir, self.metrics_fn, self.every = Path(log_dir), metrics_fn, every
+                 run_name='run', config=None, total_steps=None, rank=0):
+        self.log_dir, self.metrics_fn, self.every, self.total_steps = Path(log_dir), metrics_fn, every, total_steps
         self.loggers, self.tokens_per_step, self.run_name, self.config = list(loggers), tokens_per_step, run_name, config
-        self.rank, self.verbose = rank, verbose
+        self.rank = rank
         self.history = []
 
     def before_fit(self):
@@ -164,15 +166,16 @@ class MetricsLogger(Callback):
             try: self.backends[name] = _BACKENDS[name](self.log_dir, self.run_name, self.config)
             except Exception as e: warnings.warn(f'logger {name} disabled: {e}')
         self.t0, self.step0 = time.perf_counter(), self.learn.step
+        self.first_step = self.learn.step + 1
 
     def after_batch(self):
         if not self.training or self.rank != 0: return
         step = self.learn.step
-        if step % self.every and step != self.learn.total_steps: return
+        if step % self.every and step != self.total_steps and step != self.first_step: return
         now = time.perf_counter()
         row = {'step': step}
         row.update({k: float(v) for k, v in self.metrics_fn(self.learn.pred).items()})
-        row['loss'] = float(self.learn.loss)
+        row['loss'] = float(self.learn.loss.detach())
         row['lr'] = self.opt.opt.param_groups[0]['lr'] * self.opt.opt.param_groups[0].get('lr_scale', 1.0)
         if self.tokens_per_step:
             row['tokens_per_s'] = self.tokens_per_step * (step - self.step0) / max(now - self.t0, 1e-9)

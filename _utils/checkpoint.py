@@ -17,14 +17,18 @@ CHECKPOINT_DIR = Path(__file__).resolve().parent.parent / 'checkpoints' / 'pretr
 
 
 def rng_state():
-    state = dict(python=random.getstate(), numpy=np.random.get_state(), torch=torch.get_rng_state())
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    # plain types and tensors only, so that checkpoints load with torch.load(weights_only=True)
+    state = dict(python=random.getstate(), numpy=(kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
+                 torch=torch.get_rng_state())
     if torch.cuda.is_available(): state['cuda'] = torch.cuda.get_rng_state_all()
     return state
 
 
 def set_rng_state(state):
     random.setstate(state['python'])
-    np.random.set_state(state['numpy'])
+    kind, keys, pos, has_gauss, gauss = state['numpy']
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
     torch.set_rng_state(state['torch'])
     if 'cuda' in state and torch.cuda.is_available(): torch.cuda.set_rng_state_all(state['cuda'])
 
@@ -52,7 +56,7 @@ def load_checkpoint(path):
     if not path.is_file():
         raise UserError(f"checkpoint '{path}' does not exist; pick one in {CHECKPOINT_DIR} or run pretrain.py first")
     try:
-        ckpt = torch.load(path, map_location='cpu', weights_only=False)
+        ckpt = torch.load(path, map_location='cpu', weights_only=True)  # never runs code from the file
     except Exception as e:
         raise UserError(f"checkpoint '{path}' cannot be read (truncated or not a torch file: "
                         f"{str(e).splitlines()[0][:120]}); use another checkpoint") from None

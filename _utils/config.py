@@ -42,7 +42,7 @@ class Config:
     def from_cli(cls, argv=None, prog=None):
         """Defaults, then preset, then $ELECTRA_ARGS, then `argv` (default: sys.argv[1:], or none inside Jupyter)."""
         if argv is None: argv = [] if _in_notebook() else sys.argv[1:]
-        argv = shlex.split(os.environ.get('ELECTRA_ARGS', '')) + list(argv)
+        argv = shlex.split(os.environ.get('ELECTRA_ARGS', '')) + [a for a in argv if a != '--debug']
         if '-h' in argv or '--help' in argv:
             print(cls.help_text(prog)); sys.exit(0)
         overrides = cls.parse_args(argv)
@@ -113,7 +113,7 @@ class Config:
             lines.append(f'  --{f.name} {tname.upper()}'.ljust(30) + f' default {f.default!r}{extra}')
             lines.append(' ' * 32 + f.metadata.get('help', ''))
         if cls.PRESETS:
-            lines += ['', 'presets (--preset NAME sets these fields; flags given after still win):']
+            lines += ['', 'presets (--preset NAME sets these fields; fields given on the command line win):']
             for name, values in cls.PRESETS.items():
                 lines.append(f'  {name:<14} ' + ', '.join(f'{k}={v}' for k, v in values.items() if k != 'preset'))
         lines += ['', 'Also: --debug shows full tracebacks; ELECTRA_ARGS="--field value ..." is read before the '
@@ -140,7 +140,10 @@ def _convert(name, value, typ):
             if v in ('1', 'true', 'yes', 'on'): return True
             if v in ('0', 'false', 'no', 'off'): return False
             raise ValueError
-        if typ is int: return int(float(value)) if 'e' in value.lower() else int(value)
+        if typ is int:
+            number = float(value)                   # accepts 1e6 and 1_000_000
+            if not number.is_integer(): raise ValueError
+            return int(number)
         if typ is float: return float(value)
         return typ(value)
     except (ValueError, TypeError):

@@ -73,9 +73,11 @@ def count_parameters(module):
 class ElectraOutput:
     """Everything one step computes; the loss and the metrics read it. B batch, L length, N masked slots, V vocab."""
     mlm_logits: torch.Tensor        # (B, N, V) generator logits at the masked slots
+    masked_positions: torch.Tensor  # (B, N) positions of the masked slots (drawn with replacement)
     masked_ids: torch.Tensor        # (B, N) original tokens at the masked slots
     masked_weight: torch.Tensor     # (B, N) 1.0 where the slot is used (a sequence masks round(0.15*len) slots)
     sampled_ids: torch.Tensor       # (B, N) generator samples
+    disc_input: torch.Tensor        # (B, L) the original text with the samples put in
     disc_logits: torch.Tensor       # (B, L) discriminator logits, > 0 means "replaced"
     is_replaced: torch.Tensor       # (B, L) labels
     attention_mask: torch.Tensor    # (B, L) 1 on real (non-pad) tokens
@@ -109,12 +111,13 @@ class ELECTRA(nn.Module):
         with torch.no_grad():  # no gradient flows through the sample
             sampled_ids = sample_from_softmax(mlm_logits, self.sample_temperature, self.sampling)  # (B, N)
         # The discriminator sees the original text with samples put in at the used slots: never [MASK]
-        sampled_or_original = torch.where(weight.bool(), sampled_ids, masked_ids)
+        sampled_or_original = torch.where(weight.bool(), sampled_ids, sampled_ids[:, :1])  # unused = slot 0
         disc_input = input_ids.scatter(1, positions, sampled_or_original)              # (B, L)
         is_replaced = disc_input != input_ids                # a sample equal to the original is labelled real
         disc_logits = self.discriminator(input_ids=disc_input, attention_mask=attention_mask,
                                          token_type_ids=token_type_ids).logits        # (B, L)
-        return ElectraOutput(mlm_logits, masked_ids, weight, sampled_ids, disc_logits, is_replaced, attention_mask)
+        return ElectraOutput(mlm_logits, positions, masked_ids, weight, sampled_ids, disc_input, disc_logits, is_replaced,
+                             attention_mask)
 
 
 def max_predictions_for(max_length, mask_prob):
@@ -139,6 +142,8 @@ def mask_positions(input_ids, attention_mask, special_token_ids, mask_prob=0.15,
     n_real = attention_mask.sum(1, keepdim=True)                                            # (B, 1)
     n_masked = torch.round(n_real * mask_prob).clamp(1, N)                                  # (B, 1)
     weight = (torch.arange(N, device=input_ids.device) < n_masked).float() * (~no_candidate).float()
+    # Unused slots repeat slot 0, so that their writes (which restore the original) can never undo a used slot's
+    positions = torch.where(weight.bool(), positions, positions[:, :1])
     return positions, weight
 
 
@@ -150,7 +155,7 @@ def replace_masked(input_ids, positions, weight, masked_ids, mask_token_id, mask
     if random_token_prob > 0:
         rand = torch.randint_like(masked_ids, vocab_size)
         new = torch.where((u >= mask_token_prob) & (u < mask_token_prob + random_token_prob), rand, new)
-    new = torch.where(weight.bool(), new, masked_ids)      # unused slots keep the original token
+    new = torch.where(weight.bool(), new, new[:, :1])      # unused slots repeat slot 0's write (same position)
     return input_ids.scatter(1, positions, new)
 
 
@@ -173,12 +178,13 @@ def sample_from_softmax(logits, temperature=1.0, method='auto'):
     logits = logits.float() / temperature                                          # (..., V)
     if method == 'auto': method = 'gumbel' if logits.is_cuda else 'inverse_cdf'
     if method == 'gumbel':
-        u = torch.rand_like(logits)
-        return (logits - torch.log(-torch.log(u.clamp_min(1e-20)).clamp_min(1e-20))).argmax(-1)
+        u = torch.rand_like(logits).clamp_min(1e-20)
+        gumbel = -torch.log((-torch.log(u)).clamp_min(1e-20))                      # -log(-log u)
+        return (logits + gumbel).argmax(-1)
     if method == 'inverse_cdf':
         cdf = (logits - logits.amax(-1, keepdim=True)).exp().cumsum(-1)           # unnormalised CDF
         u = torch.rand(cdf.shape[:-1] + (1,), device=cdf.device) * cdf[..., -1:]
-        return torch.searchsorted(cdf, u).squeeze(-1).clamp_max(cdf.size(-1) - 1)
+        return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_max(cdf.size(-1) - 1)
     raise ValueError(f'unknown sampling method {method!r}')
 
 

@@ -19,3 +19,16 @@ def run_main(main, argv=None):
         if debug: raise
         print(f'error: {e}', file=sys.stderr)
         sys.exit(2)
+
+
+def install_excepthook():
+    """In a script: a `UserError` prints one line and exits with status 2 (unless --debug or ELECTRA_DEBUG=1)."""
+    import os
+    default_hook = sys.excepthook
+
+    def hook(kind, value, tb):
+        if issubclass(kind, UserError) and not ('--debug' in sys.argv or os.environ.get('ELECTRA_DEBUG')):
+            print(f'error: {value}', file=sys.stderr)
+            sys.exit(2)
+        default_hook(kind, value, tb)
+    sys.excepthook = hook

@@ -90,3 +90,77 @@ def pretraining_learner(electra, train_dl, *, lr, total_steps, warmup_steps, wei
     learn.recorder.valid_metrics = False
     learn.total_steps = total_steps
     return learn
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Looking at what happens (used by the notebook)
+# ---------------------------------------------------------------------------------------------------------------
+def describe_example(example, tokenizer):
+    """A packed example as text, one segment per line."""
+    ids, types = example['input_ids'].tolist(), example['token_type_ids'].tolist()
+    n = sum(1 for i in ids if i != tokenizer.pad_token_id)
+    a = [t for t, s in zip(ids[:n], types[:n]) if s == 0]
+    b = [t for t, s in zip(ids[:n], types[:n]) if s == 1]
+    print(f'{n} real tokens + {len(ids) - n} padding; segment A {len(a)} tokens (with [CLS] and [SEP]), '
+          f'segment B {len(b)} tokens')
+    print('A:', tokenizer.decode(a))
+    print('B:', tokenizer.decode(b) if b else '(single-segment example)')
+
+
+@torch.no_grad()
+def peek_step(electra, batch, tokenizer, row=0, max_rows=40):
+    """One step on `batch`, shown for one row: the original token, what the generator saw, what the
+    discriminator saw, the label and the discriminator's P(replaced). Masked positions and the first tokens."""
+    import pandas as pd
+    device = next(electra.parameters()).device
+    ids, types = batch['input_ids'].long().to(device), batch['token_type_ids'].long().to(device)
+    was_training = electra.training
+    electra.eval()
+    out = electra(ids, types)
+    electra.train(was_training)
+    n = int(out.attention_mask[row].sum())
+    masked = torch.zeros(ids.size(1), dtype=torch.bool)
+    masked[out.masked_positions[row][out.masked_weight[row] > 0].cpu()] = True
+    tokens = lambda t: tokenizer.convert_ids_to_tokens(t[row, :n].tolist())
+    table = pd.DataFrame({'original': tokens(ids), 'discriminator sees': tokens(out.disc_input),
+                          'masked': masked[:n].tolist(), 'replaced (label)': out.is_replaced[row, :n].tolist(),
+                          'P(replaced)': torch.sigmoid(out.disc_logits[row, :n].float()).cpu().round(decimals=3)})
+    return table[table.masked | (table.index < 8)].head(max_rows)
+
+
+def plot_schedule(lr, total_steps, warmup_steps, ax=None):
+    import matplotlib.pyplot as plt
+    from .optim import linear_warmup_decay
+    steps = np.linspace(0, total_steps, 500)
+    ax = ax or plt.subplots(figsize=(6, 3))[1]
+    ax.plot(steps, [lr * linear_warmup_decay(s, total_steps, warmup_steps) for s in steps])
+    ax.set(xlabel='step', ylabel='learning rate', title=f'warmup {warmup_steps:,} x linear decay over {total_steps:,}')
+    return ax
+
+
+def learning_summary(history):
+    """Did it learn? MLM loss fall, discriminator loss against the majority-class baseline."""
+    if len(history) < 2: return 'Too few logged steps to judge learning.'
+    first, last = history[0], history[-1]
+    from .electra import binary_entropy
+    baseline = binary_entropy(last['replaced_rate'])
+    drop = 1 - last['mlm_loss'] / first['mlm_loss']
+    return (f"Generator MLM loss {first['mlm_loss']:.3f} (step {first['step']}) -> {last['mlm_loss']:.3f} "
+            f"(step {last['step']}): {drop:.0%} lower\n"
+            f"Discriminator loss {last['disc_loss']:.4f} vs majority-class baseline {baseline:.4f} "
+            f"(replaced rate {last['replaced_rate']:.3f}): {'below' if last['disc_loss'] < baseline else 'not below'}"
+            f"; AUC {last.get('disc_auc', float('nan')):.3f}")
+
+
+def plot_history(history):
+    import matplotlib.pyplot as plt
+    import pandas as pd
+    from .electra import binary_entropy
+    df = pd.DataFrame(history)
+    fig, axes = plt.subplots(1, 3, figsize=(15, 3.5))
+    df.plot(x='step', y='mlm_loss', ax=axes[0], title='generator MLM loss')
+    df.plot(x='step', y='disc_loss', ax=axes[1], title='discriminator loss')
+    axes[1].plot(df.step, [binary_entropy(r) for r in df.replaced_rate], '--', label='majority-class baseline')
+    axes[1].legend()
+    df.plot(x='step', y=['disc_auc', 'gen_acc', 'disc_precision', 'disc_recall'], ax=axes[2], title='accuracy, AUC')
+    return fig

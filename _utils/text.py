@@ -166,8 +166,7 @@ def resolve_corpus(corpus):
         return 'local', sorted(BUNDLED_CORPUS.glob('*.txt'))
     path = Path(os.path.expanduser(str(corpus)))
     if path.is_dir():
-        files = sorted(p for p in path.rglob('*') if p.is_file() and not p.name.startswith('.')
-                       and p.suffix in ('.txt', ''))
+        files = sorted(p for p in path.rglob('*.txt') if p.is_file() and not p.name.startswith('.'))
         if not files:
             raise UserError(f"corpus folder '{corpus}' holds no .txt files; put text files there "
                             "(one sentence or paragraph per line, a blank line between documents)")
@@ -235,7 +234,7 @@ def pretraining_examples(corpus, tokenizer, max_length, seed=0, num_proc=None, c
         if verbose: print(f'Examples: cached in {cache_dir}')
         return datasets.load_from_disk(str(cache_dir)).with_format('torch')
 
-    docs = load_documents(kind, source, cache_dir=str(Path(cache_root).parent / 'hub') if kind == 'hub' else None)
+    docs = load_documents(kind, source, cache_dir=str(Path(cache_root).parent / 'hf_cache'))  # not ~/.cache
     num_proc = num_proc or max(1, min(os.cpu_count() or 1, 8))
     features = datasets.Features({'input_ids': datasets.Sequence(datasets.Value('int32'), length=max_length),
                                   'token_type_ids': datasets.Sequence(datasets.Value('int8'), length=max_length)})

@@ -1,0 +1,166 @@
+#!/usr/bin/env python
+
+# Generated from Pretrain.ipynb by `python -m _utils.nbscript`: edit the notebook, then regenerate.
+
+# # Pretrain ELECTRA from scratch
+#
+# ELECTRA (Clark et al., ICLR 2020) trains a small **generator** (a masked language model) and a
+# **discriminator** together: the generator fills in masked tokens, the discriminator tells, for every token,
+# whether it is the original or a replacement. The discriminator is the model you keep and finetune.
+#
+# This notebook is the source of `pretrain.py` (regenerate it with `python -m _utils.nbscript`): the cells
+# marked `#| notebook-only` are pictures and peeks that stay here. The numbers of the recipe are in
+# `../shared/RECIPE.md` terms throughout; the logic lives in `_utils/`.
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+warnings.filterwarnings('ignore', message='.*torch.jit.script.*is deprecated')  # raised inside a dependency
+
+from _utils.callbacks import LOGGERS, Checkpointer, MetricsLogger
+from _utils.checkpoint import CHECKPOINT_DIR, make_checkpoint
+from _utils.config import Config, option
+from _utils.electra import SIZES, count_parameters
+from _utils.errors import install_excepthook
+from _utils.pretraining import (build_electra, log_metrics, pick_device, pick_precision, pretraining_learner,
+                                seed_everything, step_dataloader)
+from _utils.text import load_tokenizer, pretraining_examples
+
+install_excepthook()  # in the script, bad input gives one clear line instead of a traceback
+
+# ## 1. Configuration
+# Plain values with the paper's defaults. A **preset** sets a group of them: `demo` (the default: a tiny model on
+# the bundled Wikipedia sample, minutes on a laptop CPU) or the paper's runs on OpenWebText. Any field can be
+# overridden from the command line, e.g. `python pretrain.py --size small --max_steps 2000`; `--help` lists them.
+
+@dataclass
+class MyConfig(Config):
+    """Pretrain an ELECTRA generator and discriminator on a text corpus (defaults: RECIPE.md, ELECTRA-Small)."""
+    preset: str = option('demo', 'a group of settings (see below); fields given on the command line win',
+                         choices=['demo', 'paper-small', 'paper-base', 'paper-large', 'none'])
+    size: str = option('small', 'model size (RECIPE.md "Model sizes"); tiny is this project\'s quick CPU size',
+                       choices=list(SIZES))
+    corpus: str = option('bundled', "'bundled' (datasets/wiki_sample), a .txt file or folder of them, or a Hugging "
+                         "Face dataset name[:config], e.g. Skylion007/openwebtext")
+    tokenizer: str = option('bundled', "'bundled' (BERT uncased, 30,522 tokens), a vocab.txt, a tokenizer folder or "
+                            "a hub id")
+    max_steps: int = option(1_000_000, 'optimizer steps to train for')
+    batch_size: int = option(128, 'global batch size (split across processes)')
+    max_length: int = option(128, 'tokens per example')
+    lr: float = option(5e-4, 'peak learning rate')
+    warmup_steps: int = option(10_000, 'linear warmup steps (warmup multiplies the linear decay)')
+    mask_prob: float = option(0.15, 'fraction of tokens masked (0.25 for Large)')
+    weight_decay: float = option(0.01, 'decoupled weight decay, not on LayerNorm or bias')
+    adam_eps: float = option(1e-6, 'Adam epsilon (Adam without bias correction)')
+    clip: float = option(1.0, 'global gradient-norm clip, on unscaled gradients')
+    generator_weight: float = option(1.0, 'weight of the generator\'s MLM loss')
+    discriminator_weight: float = option(50.0, 'weight of the discriminator\'s loss')
+    seed: int = option(0, 'random seed (data order, masking, initialisation)')
+    run_name: str = option('', 'name for checkpoints and logs; empty: the preset (or size) name')
+    precision: str = option('auto', 'auto: bf16 where the hardware is fast at it, else fp16 (GPU) / fp32 (CPU)',
+                            choices=['auto', 'fp32', 'bf16', 'fp16'])
+    device: str = option('auto', 'auto, cpu, cuda or cuda:N')
+    logger: str = option('csv,tensorboard', f"comma-separated loggers among {', '.join(LOGGERS)}, or none")
+    log_every: int = option(50, 'log metrics every N steps')
+    checkpoint_fractions: str = option('0.0625,0.125,0.25,0.5,1', 'save checkpoints at these fractions of the run')
+    num_workers: int = option(-1, 'data loader worker processes; -1: none on CPU, 4 on GPU')
+    num_proc: int = option(0, 'processes that tokenize the corpus; 0: one per core')
+
+    PRESETS = {
+        'demo': dict(size='tiny', corpus='bundled', max_steps=1500, batch_size=16, lr=2e-3, warmup_steps=100),
+        'paper-small': dict(size='small', corpus='Skylion007/openwebtext', max_steps=1_000_000, batch_size=128,
+                            max_length=128, lr=5e-4, warmup_steps=10_000, mask_prob=0.15),
+        'paper-base': dict(size='base', corpus='Skylion007/openwebtext', max_steps=766_000, batch_size=256,
+                           max_length=512, lr=2e-4, warmup_steps=10_000, mask_prob=0.15),
+        'paper-large': dict(size='large', corpus='Skylion007/openwebtext', max_steps=400_000, batch_size=2048,
+                            max_length=512, lr=2e-4, warmup_steps=10_000, mask_prob=0.25),
+        'none': dict(),
+    }
+
+    def validate(self):
+        super().validate()
+        self.check(self.max_steps > 0, f'--max_steps must be positive, got {self.max_steps}')
+        self.check(self.batch_size > 0, f'--batch_size must be positive, got {self.batch_size}')
+        self.check(8 <= self.max_length <= 512, f'--max_length must be in [8, 512] (the model has 512 positions), '
+                                                f'got {self.max_length}')
+        self.check(0 < self.mask_prob < 1, f'--mask_prob must be in (0, 1), got {self.mask_prob}')
+        self.check(self.lr > 0, f'--lr must be positive, got {self.lr}')
+        self.check(self.warmup_steps >= 0, f'--warmup_steps must be >= 0, got {self.warmup_steps}')
+        self.check(self.log_every > 0, f'--log_every must be positive, got {self.log_every}')
+        bad = [l for l in self.loggers if l not in LOGGERS]
+        self.check(not bad, f"--logger: unknown logger '{bad[0] if bad else ''}'; choose among "
+                            f"{', '.join(LOGGERS)} or none")
+        self.check(all(0 < f <= 1 for f in self.fractions), '--checkpoint_fractions must be numbers in (0, 1]')
+        if not self.run_name: self.run_name = self.preset if self.preset != 'none' else self.size
+
+    @property
+    def loggers(self): return [] if self.logger == 'none' else [l.strip() for l in self.logger.split(',') if l.strip()]
+
+    @property
+    def fractions(self):
+        try: return [float(f) for f in self.checkpoint_fractions.split(',') if f.strip()]
+        except ValueError: return [-1.0]
+
+
+cfg = MyConfig.from_cli()
+print(cfg)
+
+# ## 2. Data: corpus → tokens → packed examples
+# Lines are tokenized and packed the way the official builder does (RECIPE.md, "Pretraining data"): examples
+# never cross documents, 10% hold one segment only, 5% get a shorter random target length. The result is cached
+# under `datasets/cache/`, keyed by corpus, tokenizer and length.
+
+seed_everything(cfg.seed)
+tokenizer = load_tokenizer(cfg.tokenizer)
+examples = pretraining_examples(cfg.corpus, tokenizer, cfg.max_length, seed=cfg.seed, num_proc=cfg.num_proc or None)
+print(f'{len(examples):,} examples of up to {cfg.max_length} tokens; vocabulary {len(tokenizer):,}')
+
+# ## 3. The generator and the discriminator
+# Both are Hugging Face ELECTRA models; they share the whole embedding block, and the generator's output
+# layer is tied to the word embeddings. The generator is a fraction of the discriminator's width, same depth.
+
+electra = build_electra(cfg.size, tokenizer, mask_prob=cfg.mask_prob, max_length=cfg.max_length)
+shared = count_parameters(electra.discriminator.electra.embeddings)
+print(f'ELECTRA-{cfg.size}: discriminator {count_parameters(electra.discriminator) / 1e6:.2f}M parameters, '
+      f'generator {(count_parameters(electra.generator) - shared) / 1e6:.2f}M more '
+      f'(hidden {electra.generator.config.hidden_size}), shared embeddings {shared / 1e6:.2f}M')
+
+# One step on a batch, looked at token by token: the masked input the generator sees, its samples, and the
+# discriminator's labels (a sample equal to the original counts as *real*).
+
+# ## 4. Training: a fastai `Learner` counted in steps
+# Adam without bias correction, warmup × linear decay, clipping at 1.0, the chosen precision, checkpoints at
+# fractions of the run and metrics every `log_every` steps.
+
+device = pick_device(cfg.device)
+precision = pick_precision(cfg.precision, device)
+run_id = f'{cfg.run_name}_seed{cfg.seed}'
+log_dir = Path('logs') / 'pretrain' / run_id
+num_workers = cfg.num_workers if cfg.num_workers >= 0 else (4 if device.type == 'cuda' else 0)
+train_dl = step_dataloader(examples, cfg.batch_size, cfg.max_steps, seed=cfg.seed, num_workers=num_workers)
+
+
+def checkpoint(learn):
+    return make_checkpoint(electra, tokenizer, cfg.to_dict(), learn.step, cfg.max_steps, optimizer=learn.opt.opt)
+
+
+callbacks = [Checkpointer(CHECKPOINT_DIR, cfg.run_name, cfg.seed, cfg.max_steps, checkpoint, cfg.fractions),
+             MetricsLogger(log_dir, log_metrics, cfg.log_every, cfg.loggers, cfg.batch_size * cfg.max_length,
+                           run_name=run_id, config=cfg.to_dict(), total_steps=cfg.max_steps)]
+learn = pretraining_learner(electra, train_dl, lr=cfg.lr, total_steps=cfg.max_steps, warmup_steps=cfg.warmup_steps,
+                            weight_decay=cfg.weight_decay, adam_eps=cfg.adam_eps, clip=cfg.clip, precision=precision,
+                            device=device, generator_weight=cfg.generator_weight,
+                            discriminator_weight=cfg.discriminator_weight, extra_cbs=callbacks)
+print(f'Training {cfg.max_steps:,} steps of {cfg.batch_size} x {cfg.max_length} tokens on {device} ({precision})')
+
+learn.fit(1)
+
+# ## 5. Where things went, and did it learn?
+# The generator's MLM loss should fall well below its start, and the discriminator's loss below the loss of a
+# guesser that always says "original" (the entropy of the replaced-token rate).
+
+from _utils.pretraining import learning_summary
+print(learning_summary(callbacks[1].history))
+print(f'Checkpoints: {", ".join(str(p) for p in callbacks[0].saved) or "none"}')
+print(f'Logs: {log_dir}/ (metrics.csv; `tensorboard --logdir {log_dir.parent}`)')
