@@ -12,6 +12,7 @@
 # marked `#| notebook-only` are pictures and peeks that stay here. The numbers of the recipe are in
 # `../shared/RECIPE.md` terms throughout; the logic lives in `_utils/`.
 
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,12 +20,12 @@ from pathlib import Path
 warnings.filterwarnings('ignore', message='.*torch.jit.script.*is deprecated')  # raised inside a dependency
 
 from _utils.callbacks import LOGGERS, Checkpointer, MetricsLogger
-from _utils.checkpoint import CHECKPOINT_DIR, make_checkpoint
-from _utils.config import Config, option
+from _utils.checkpoint import make_checkpoint
+from _utils.config import Config, option, project_path
 from _utils.electra import SIZES, count_parameters
 from _utils.errors import install_excepthook
-from _utils.pretraining import (build_electra, log_metrics, pick_device, pick_precision, pretraining_learner,
-                                seed_everything, step_dataloader)
+from _utils.pretraining import (build_electra, init_distributed, log_metrics, pick_device, pick_precision,
+                                pretraining_learner, seed_everything, seed_masking, step_dataloader)
 from _utils.text import load_tokenizer, pretraining_examples
 
 install_excepthook()  # in the script, bad input gives one clear line instead of a traceback
@@ -64,11 +65,13 @@ class MyConfig(Config):
     logger: str = option('csv,tensorboard', f"comma-separated loggers among {', '.join(LOGGERS)}, or none")
     log_every: int = option(50, 'log metrics every N steps')
     checkpoint_fractions: str = option('0.0625,0.125,0.25,0.5,1', 'save checkpoints at these fractions of the run')
+    checkpoint_dir: str = option('checkpoints/pretrain', 'where checkpoints go (relative paths: from the project folder)')
+    log_dir: str = option('logs/pretrain', 'where logs go, a sub-folder per run (relative: from the project folder)')
     num_workers: int = option(-1, 'data loader worker processes; -1: none on CPU, 4 on GPU')
     num_proc: int = option(0, 'processes that tokenize the corpus; 0: one per core')
 
     PRESETS = {
-        'demo': dict(size='tiny', corpus='bundled', max_steps=1500, batch_size=16, lr=2e-3, warmup_steps=100),
+        'demo': dict(size='tiny', corpus='bundled', max_steps=1000, batch_size=16, lr=3e-4, warmup_steps=100),
         'paper-small': dict(size='small', corpus='Skylion007/openwebtext', max_steps=1_000_000, batch_size=128,
                             max_length=128, lr=5e-4, warmup_steps=10_000, mask_prob=0.15),
         'paper-base': dict(size='base', corpus='Skylion007/openwebtext', max_steps=766_000, batch_size=256,
@@ -104,13 +107,14 @@ class MyConfig(Config):
 
 
 cfg = MyConfig.from_cli()
-print(cfg)
+if int(os.environ.get("RANK", 0)) == 0: print(cfg)
 
 # ## 2. Data: corpus → tokens → packed examples
 # Lines are tokenized and packed the way the official builder does (RECIPE.md, "Pretraining data"): examples
 # never cross documents, 10% hold one segment only, 5% get a shorter random target length. The result is cached
 # under `datasets/cache/`, keyed by corpus, tokenizer and length.
 
+rank, world_size, ddp_device = init_distributed()  # one process, unless started by torchrun / accelerate launch
 seed_everything(cfg.seed)
 tokenizer = load_tokenizer(cfg.tokenizer)
 examples = pretraining_examples(cfg.corpus, tokenizer, cfg.max_length, seed=cfg.seed, num_proc=cfg.num_proc or None)
@@ -133,26 +137,32 @@ print(f'ELECTRA-{cfg.size}: discriminator {count_parameters(electra.discriminato
 # Adam without bias correction, warmup × linear decay, clipping at 1.0, the chosen precision, checkpoints at
 # fractions of the run and metrics every `log_every` steps.
 
-device = pick_device(cfg.device)
+seed_masking(cfg.seed, rank, world_size)
+device = ddp_device or pick_device(cfg.device)
 precision = pick_precision(cfg.precision, device)
 run_id = f'{cfg.run_name}_seed{cfg.seed}'
-log_dir = Path('logs') / 'pretrain' / run_id
+log_dir = project_path(cfg.log_dir) / run_id
 num_workers = cfg.num_workers if cfg.num_workers >= 0 else (4 if device.type == 'cuda' else 0)
-train_dl = step_dataloader(examples, cfg.batch_size, cfg.max_steps, seed=cfg.seed, num_workers=num_workers)
+train_dl = step_dataloader(examples, cfg.batch_size, cfg.max_steps, seed=cfg.seed, num_workers=num_workers,
+                           rank=rank, world_size=world_size)
 
 
 def checkpoint(learn):
     return make_checkpoint(electra, tokenizer, cfg.to_dict(), learn.step, cfg.max_steps, optimizer=learn.opt.opt)
 
 
-callbacks = [Checkpointer(CHECKPOINT_DIR, cfg.run_name, cfg.seed, cfg.max_steps, checkpoint, cfg.fractions),
+callbacks = [Checkpointer(project_path(cfg.checkpoint_dir), cfg.run_name, cfg.seed, cfg.max_steps, checkpoint,
+                          cfg.fractions, rank=rank),
              MetricsLogger(log_dir, log_metrics, cfg.log_every, cfg.loggers, cfg.batch_size * cfg.max_length,
-                           run_name=run_id, config=cfg.to_dict(), total_steps=cfg.max_steps)]
+                           run_name=run_id, config=cfg.to_dict(), total_steps=cfg.max_steps, rank=rank)]
 learn = pretraining_learner(electra, train_dl, lr=cfg.lr, total_steps=cfg.max_steps, warmup_steps=cfg.warmup_steps,
                             weight_decay=cfg.weight_decay, adam_eps=cfg.adam_eps, clip=cfg.clip, precision=precision,
                             device=device, generator_weight=cfg.generator_weight,
-                            discriminator_weight=cfg.discriminator_weight, extra_cbs=callbacks)
-print(f'Training {cfg.max_steps:,} steps of {cfg.batch_size} x {cfg.max_length} tokens on {device} ({precision})')
+                            discriminator_weight=cfg.discriminator_weight, extra_cbs=callbacks, rank=rank,
+                            world_size=world_size)
+if rank == 0:
+    print(f'Training {cfg.max_steps:,} steps of {cfg.batch_size} x {cfg.max_length} tokens on {device} ({precision})'
+          + (f', {world_size} processes' if world_size > 1 else ''))
 
 learn.fit(1)
 
@@ -161,6 +171,7 @@ learn.fit(1)
 # guesser that always says "original" (the entropy of the replaced-token rate).
 
 from _utils.pretraining import learning_summary
-print(learning_summary(callbacks[1].history))
-print(f'Checkpoints: {", ".join(str(p) for p in callbacks[0].saved) or "none"}')
-print(f'Logs: {log_dir}/ (metrics.csv; `tensorboard --logdir {log_dir.parent}`)')
+if rank == 0:
+    print(learning_summary(callbacks[1].history))
+    print(f'Checkpoints: {", ".join(str(p) for p in callbacks[0].saved) or "none"}')
+    print(f'Logs: {log_dir}/ (metrics.csv; TensorBoard: `tensorboard --logdir {log_dir.parent}`)')

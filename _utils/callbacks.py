@@ -243,3 +243,22 @@ class _Neptune:
 
 _BACKENDS = {'csv': _CSV, 'tensorboard': _TensorBoard, 'neptune': _Neptune}
 LOGGERS = tuple(_BACKENDS)
+
+
+class DataParallel(Callback):
+    """Data-parallel training across processes started by `torchrun` or `accelerate launch` (PyTorch DDP).
+
+    Wraps the model in DistributedDataParallel for the fit: gradients are averaged across ranks during backward,
+    so every rank takes the same optimizer step and the weights stay identical. Each rank reads its own slice of
+    every global batch (see text.StepBatches), so the global batch and the schedule stay the recipe's.
+    """
+    order = -5
+
+    def __init__(self, device_ids=None): self.device_ids = device_ids
+
+    def before_fit(self):
+        from torch.nn.parallel import DistributedDataParallel
+        self.inner = self.learn.model
+        self.learn.model = DistributedDataParallel(self.inner, device_ids=self.device_ids)
+
+    def after_fit(self): self.learn.model = self.inner

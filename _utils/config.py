@@ -13,8 +13,17 @@ import os
 import shlex
 import sys
 import typing
+from pathlib import Path
 
 from .errors import UserError
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+
+
+def project_path(path):
+    """A path from the config: absolute as given, relative ones from the project folder (not the current one)."""
+    path = Path(os.path.expanduser(str(path)))
+    return path if path.is_absolute() else PROJECT_DIR / path
 
 
 def option(default, help, choices=None):

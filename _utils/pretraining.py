@@ -8,7 +8,7 @@ import torch
 from fastai.data.core import DataLoaders
 from fastai.learner import Learner
 
-from .callbacks import (Checkpointer, ClipGradNorm, MetricsLogger, Precision, SkipValidation, StepCounter,
+from .callbacks import (Checkpointer, ClipGradNorm, DataParallel, MetricsLogger, Precision, SkipValidation, StepCounter,
                         WarmupLinearDecay)
 from .electra import ELECTRA, ElectraLoss, build_models, max_predictions_for, step_metrics
 from .errors import UserError
@@ -18,6 +18,11 @@ from .text import Batches, StepBatches
 
 def seed_everything(seed):
     random.seed(seed); np.random.seed(seed); torch.manual_seed(seed)
+
+
+def seed_masking(seed, rank=0, world_size=1):
+    """After the (identical) initialisation, give each process its own masking / sampling random stream."""
+    if world_size > 1: seed_everything(seed + 1_000_003 * rank)
 
 
 def pick_device(device='auto'):
@@ -77,18 +82,27 @@ def log_metrics(out):
 
 def pretraining_learner(electra, train_dl, *, lr, total_steps, warmup_steps, weight_decay=0.01, adam_eps=1e-6,
                         adam_betas=(0.9, 0.999), clip=1.0, precision='bf16', device=torch.device('cpu'),
-                        generator_weight=1.0, discriminator_weight=50.0, start_step=0, extra_cbs=()):
-    """A plain fastai Learner over the ELECTRA module, trained for `total_steps` optimizer steps (one 'epoch')."""
+                        generator_weight=1.0, discriminator_weight=50.0, start_step=0, extra_cbs=(), rank=0,
+                        world_size=1):
+    """A plain fastai Learner over the ELECTRA module, trained for `total_steps` optimizer steps (one 'epoch').
+
+    With `world_size` > 1 (torchrun), the model is wrapped in DDP for the fit and only rank 0 shows progress.
+    """
     electra.to(device)
     opt = make_optimizer(electra, lr=lr, weight_decay=weight_decay, betas=adam_betas, eps=adam_eps)
     from fastai.optimizer import OptimWrapper
     cbs = [StepCounter(start_step), SkipValidation(), WarmupLinearDecay(lr, total_steps, warmup_steps),
            Precision(precision, device.type), ClipGradNorm(clip), *extra_cbs]
+    if world_size > 1: cbs.append(DataParallel([device.index] if device.type == 'cuda' else None))
     learn = Learner(DataLoaders(train_dl, []), electra, loss_func=ElectraLoss(generator_weight, discriminator_weight),
                     opt_func=lambda params, lr: OptimWrapper(opt=opt), lr=lr, cbs=cbs, wd_bn_bias=True,
                     train_bn=False)
     learn.recorder.valid_metrics = False
     learn.total_steps = total_steps
+    if rank != 0:
+        from fastai.callback.progress import ProgressCallback
+        learn.remove_cb(ProgressCallback)
+        learn.logger = lambda *args: None
     return learn
 
 
@@ -164,3 +178,24 @@ def plot_history(history):
     axes[1].legend()
     df.plot(x='step', y=['disc_auc', 'gen_acc', 'disc_precision', 'disc_recall'], ax=axes[2], title='accuracy, AUC')
     return fig
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Several processes (torchrun / accelerate launch)
+# ---------------------------------------------------------------------------------------------------------------
+def init_distributed():
+    """(rank, world_size, device) from the variables torchrun / accelerate set; one process: (0, 1, None).
+
+    Starts the process group (NCCL on GPUs, gloo on CPUs) and picks this process's GPU.
+    """
+    world_size = int(os.environ.get('WORLD_SIZE', 1))
+    if world_size == 1: return 0, 1, None
+    import torch.distributed as dist
+    rank, local_rank = int(os.environ['RANK']), int(os.environ.get('LOCAL_RANK', 0))
+    device = None
+    if torch.cuda.is_available():
+        device = torch.device('cuda', local_rank)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group('nccl' if device is not None else 'gloo')
+    return rank, world_size, device

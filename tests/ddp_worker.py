@@ -1,0 +1,50 @@
+"""Run by tests/test_distributed.py under torchrun: a few data-parallel steps, then a report of what this rank saw."""
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _utils.callbacks import Checkpointer, MetricsLogger                                     # noqa: E402
+from _utils.pretraining import (build_electra, init_distributed, log_metrics, pretraining_learner,  # noqa: E402
+                                seed_everything, seed_masking, step_dataloader)
+from _utils.text import Batches, load_tokenizer                                              # noqa: E402
+
+out = Path(sys.argv[1])
+rank, world_size, _ = init_distributed()
+seed_everything(0)
+tokenizer = load_tokenizer('bundled')
+# 32 distinct synthetic examples; example i carries the token 1000 + i so each rank can report what it saw
+ids = torch.full((32, 16), tokenizer.pad_token_id)
+ids[:, 0], ids[:, 1:11], ids[:, 11] = tokenizer.cls_token_id, 2000, tokenizer.sep_token_id
+ids[:, 1] = 1000 + torch.arange(32)
+examples = {'input_ids': ids, 'token_type_ids': torch.zeros_like(ids)}
+
+
+class Examples:
+    def __len__(self): return 32
+    def __getitem__(self, idx): return {k: v[idx] for k, v in examples.items()}
+
+
+electra = build_electra('tiny', tokenizer, max_length=16)
+seed_masking(0, rank, world_size)
+dl = step_dataloader(Examples(), batch_size=8, max_steps=3, seed=0, rank=rank, world_size=world_size)
+seen = [int(t) - 1000 for batch in dl for t in batch[0][:, 1]]
+
+
+def make_checkpoint(learn):
+    (out / f'checkpoint_written_by_rank{rank}').touch()
+    return {'step': learn.step}
+
+
+cbs = [Checkpointer(out / 'ckpt', 'ddp', 0, 3, make_checkpoint, fractions=(1.0,), rank=rank),
+       MetricsLogger(out / 'logs', log_metrics, every=1, loggers=('csv',), rank=rank, total_steps=3)]
+learn = pretraining_learner(electra, dl, lr=1e-3, total_steps=3, warmup_steps=1, precision='fp32',
+                            device=torch.device('cpu'), extra_cbs=cbs, rank=rank, world_size=world_size)
+learn.fit(1)
+weights = torch.cat([p.detach().flatten() for p in electra.parameters()])
+(out / f'rank{rank}.json').write_text(json.dumps({
+    'world_size': world_size, 'seen': seen, 'steps': learn.step,
+    'weights_sha': hashlib.sha256(weights.numpy().tobytes()).hexdigest()}))

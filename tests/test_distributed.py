@@ -1,0 +1,33 @@
+"""Data-parallel training with 2 CPU processes (gloo), as torchrun starts them."""
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_keep_identical_weights_see_different_data_and_only_rank0_writes(tmp_path):
+    env = {**os.environ, 'OMP_NUM_THREADS': '1'}
+    res = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2',
+                          '--master_addr', '127.0.0.1', '--master_port', str(free_port()),
+                          str(ROOT / 'tests' / 'ddp_worker.py'), str(tmp_path)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    r0, r1 = (json.loads((tmp_path / f'rank{r}.json').read_text()) for r in (0, 1))
+    assert r0['world_size'] == r1['world_size'] == 2 and r0['steps'] == r1['steps'] == 3
+    assert r0['weights_sha'] == r1['weights_sha']                      # identical weights after 3 steps
+    assert len(r0['seen']) == len(r1['seen']) == 3 * 4                 # half of each global batch of 8
+    assert not set(r0['seen']) & set(r1['seen'])                       # 24 of 32 examples, none seen twice
+    assert (tmp_path / 'checkpoint_written_by_rank0').exists()
+    assert not (tmp_path / 'checkpoint_written_by_rank1').exists()
+    assert [p.name for p in (tmp_path / 'ckpt').iterdir()] == ['ddp_seed0_100pct.pth']
+    assert (tmp_path / 'logs' / 'metrics.csv').exists()
