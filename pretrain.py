@@ -19,8 +19,9 @@ from pathlib import Path
 
 warnings.filterwarnings('ignore', message='.*torch.jit.script.*is deprecated')  # raised inside a dependency
 
-from _utils.callbacks import LOGGERS, Checkpointer, MetricsLogger
-from _utils.checkpoint import make_checkpoint
+from _utils.callbacks import LOGGERS, Checkpointer, GracefulStop, MetricsLogger, NonFiniteLoss
+from _utils.checkpoint import (find_checkpoint, load_checkpoint, load_weights, make_checkpoint,
+                               restore_training_state)
 from _utils.config import Config, option, project_path
 from _utils.electra import SIZES, count_parameters
 from _utils.errors import install_excepthook
@@ -67,6 +68,11 @@ class MyConfig(Config):
     checkpoint_fractions: str = option('0.0625,0.125,0.25,0.5,1', 'save checkpoints at these fractions of the run')
     checkpoint_dir: str = option('checkpoints/pretrain', 'where checkpoints go (relative paths: from the project folder)')
     log_dir: str = option('logs/pretrain', 'where logs go, a sub-folder per run (relative: from the project folder)')
+    resume: str = option('', "continue a run exactly: 'latest' (newest checkpoint in checkpoint_dir, of --run_name "
+                         "if given) or a checkpoint path; the run's own settings are used, command-line fields win")
+    save_every: int = option(1000, 'also save a rolling checkpoint every N steps (0: never); the newest keep_last stay')
+    keep_last: int = option(2, 'how many rolling checkpoints to keep')
+    skip_nonfinite: bool = option(False, 'skip steps whose loss is nan/inf instead of stopping the run')
     num_workers: int = option(-1, 'data loader worker processes; -1: none on CPU, 4 on GPU')
     num_proc: int = option(0, 'processes that tokenize the corpus; 0: one per core')
 
@@ -107,6 +113,11 @@ class MyConfig(Config):
 
 
 cfg = MyConfig.from_cli()
+resume_from = None
+if cfg.resume:  # the saved run's settings, plus whatever the command line sets
+    resume_from = load_checkpoint(find_checkpoint(cfg.resume, project_path(cfg.checkpoint_dir),
+                                                  cfg.run_name if 'run_name' in cfg.given else None))
+    cfg = MyConfig.from_saved(resume_from['config'], {**cfg.given, 'resume': cfg.resume})
 if int(os.environ.get("RANK", 0)) == 0: print(cfg)
 
 # ## 2. Data: corpus → tokens → packed examples
@@ -125,6 +136,7 @@ print(f'{len(examples):,} examples of up to {cfg.max_length} tokens; vocabulary 
 # layer is tied to the word embeddings. The generator is a fraction of the discriminator's width, same depth.
 
 electra = build_electra(cfg.size, tokenizer, mask_prob=cfg.mask_prob, max_length=cfg.max_length)
+if resume_from: load_weights(electra, resume_from, tokenizer)
 shared = count_parameters(electra.discriminator.electra.embeddings)
 print(f'ELECTRA-{cfg.size}: discriminator {count_parameters(electra.discriminator) / 1e6:.2f}M parameters, '
       f'generator {(count_parameters(electra.generator) - shared) / 1e6:.2f}M more '
@@ -143,28 +155,32 @@ precision = pick_precision(cfg.precision, device)
 run_id = f'{cfg.run_name}_seed{cfg.seed}'
 log_dir = project_path(cfg.log_dir) / run_id
 num_workers = cfg.num_workers if cfg.num_workers >= 0 else (4 if device.type == 'cuda' else 0)
+start_step = resume_from['step'] if resume_from else 0
 train_dl = step_dataloader(examples, cfg.batch_size, cfg.max_steps, seed=cfg.seed, num_workers=num_workers,
-                           rank=rank, world_size=world_size)
+                           start_step=start_step, rank=rank, world_size=world_size)
 
 
 def checkpoint(learn):
     return make_checkpoint(electra, tokenizer, cfg.to_dict(), learn.step, cfg.max_steps, optimizer=learn.opt.opt)
 
 
-callbacks = [Checkpointer(project_path(cfg.checkpoint_dir), cfg.run_name, cfg.seed, cfg.max_steps, checkpoint,
-                          cfg.fractions, rank=rank),
-             MetricsLogger(log_dir, log_metrics, cfg.log_every, cfg.loggers, cfg.batch_size * cfg.max_length,
-                           run_name=run_id, config=cfg.to_dict(), total_steps=cfg.max_steps, rank=rank)]
+checkpointer = Checkpointer(project_path(cfg.checkpoint_dir), cfg.run_name, cfg.seed, cfg.max_steps, checkpoint,
+                            cfg.fractions, rank=rank, save_every=cfg.save_every, keep_last=cfg.keep_last)
+metrics = MetricsLogger(log_dir, log_metrics, cfg.log_every, cfg.loggers, cfg.batch_size * cfg.max_length,
+                        run_name=run_id, config=cfg.to_dict(), total_steps=cfg.max_steps, rank=rank)
+callbacks = [checkpointer, metrics, GracefulStop(checkpointer), NonFiniteLoss(skip=cfg.skip_nonfinite)]
 learn = pretraining_learner(electra, train_dl, lr=cfg.lr, total_steps=cfg.max_steps, warmup_steps=cfg.warmup_steps,
                             weight_decay=cfg.weight_decay, adam_eps=cfg.adam_eps, clip=cfg.clip, precision=precision,
                             device=device, generator_weight=cfg.generator_weight,
-                            discriminator_weight=cfg.discriminator_weight, extra_cbs=callbacks, rank=rank,
-                            world_size=world_size)
+                            discriminator_weight=cfg.discriminator_weight, start_step=start_step,
+                            extra_cbs=callbacks, rank=rank, world_size=world_size)
+if resume_from: restore_training_state(learn, resume_from)  # optimizer state and random number generators
 if rank == 0:
     print(f'Training {cfg.max_steps:,} steps of {cfg.batch_size} x {cfg.max_length} tokens on {device} ({precision})'
-          + (f', {world_size} processes' if world_size > 1 else ''))
+          + (f', {world_size} processes' if world_size > 1 else '') + (f', from step {start_step:,}' if start_step else ''))
 
 learn.fit(1)
+if getattr(learn, 'stop_reason', None): raise SystemExit(f'Stopped: {learn.stop_reason}')
 
 # ## 5. Where things went, and did it learn?
 # The generator's MLM loss should fall well below its start, and the discriminator's loss below the loss of a
@@ -172,6 +188,6 @@ learn.fit(1)
 
 from _utils.pretraining import learning_summary
 if rank == 0:
-    print(learning_summary(callbacks[1].history))
-    print(f'Checkpoints: {", ".join(str(p) for p in callbacks[0].saved) or "none"}')
+    print(learning_summary(metrics.history))
+    print(f'Checkpoints: {", ".join(str(p) for p in checkpointer.saved) or "none"}')
     print(f'Logs: {log_dir}/ (metrics.csv; TensorBoard: `tensorboard --logdir {log_dir.parent}`)')

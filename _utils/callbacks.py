@@ -10,7 +10,8 @@ import warnings
 from pathlib import Path
 
 import torch
-from fastai.callback.core import Callback, CancelStepException, CancelValidException
+from fastai.callback.core import (Callback, CancelBatchException, CancelFitException, CancelStepException,
+                                 CancelValidException)
 
 from .optim import linear_warmup_decay
 
@@ -121,26 +122,102 @@ def fraction_label(fraction):
 
 
 class Checkpointer(Callback):
-    """Saves `make_checkpoint(learn)` at fractions of the run into `directory`.
+    """Saves `make_checkpoint(learn)` at fractions of the run, and a rolling checkpoint every `save_every` steps.
 
-    Files are named `{run_name}_seed{seed}_{pct}pct.pth`, e.g. `demo_seed0_6.25pct.pth`; only rank 0 writes.
+    Fraction checkpoints are named `{run_name}_seed{seed}_{pct}pct.pth` (e.g. `demo_seed0_6.25pct.pth`) and kept;
+    rolling ones `{run_name}_seed{seed}_step{step}.pth`, of which the newest `keep_last` are kept. Only rank 0
+    writes; every write goes to a temporary file first, so a kill during a save never harms an older checkpoint.
     """
     order = 60
 
     def __init__(self, directory, run_name, seed, total_steps, make_checkpoint,
-                 fractions=(0.0625, 0.125, 0.25, 0.5, 1.0), rank=0):
+                 fractions=(0.0625, 0.125, 0.25, 0.5, 1.0), rank=0, save_every=0, keep_last=2):
         self.directory, self.run_name, self.seed, self.total_steps = Path(directory), run_name, seed, total_steps
-        self.make_checkpoint, self.rank = make_checkpoint, rank
+        self.make_checkpoint, self.rank, self.save_every, self.keep_last = make_checkpoint, rank, save_every, keep_last
         self.at = {max(1, round(f * total_steps)): f for f in sorted(fractions)}
         self.saved = []
+        self.last_saved = None
 
     def path_for(self, fraction):
         return self.directory / f'{self.run_name}_seed{self.seed}_{fraction_label(fraction)}.pth'
 
+    def rolling_path(self, step):
+        return self.directory / f'{self.run_name}_seed{self.seed}_step{step}.pth'
+
     def after_batch(self):
-        if not self.training or self.learn.step not in self.at: return
+        if not self.training: return
+        step = self.learn.step
+        if step in self.at: self.save(self.path_for(self.at[step]))
+        if self.save_every and step % self.save_every == 0 and step not in self.at: self.save_rolling()
+
+    def save(self, path):
         if self.rank == 0:
-            self.saved.append(atomic_save(self.make_checkpoint(self.learn), self.path_for(self.at[self.learn.step])))
+            self.last_saved = atomic_save(self.make_checkpoint(self.learn), path)
+            self.saved.append(self.last_saved)
+        return path
+
+    def save_rolling(self):
+        path = self.save(self.rolling_path(self.learn.step))
+        if self.rank == 0:
+            rolling = sorted(self.directory.glob(f'{self.run_name}_seed{self.seed}_step*.pth'),
+                             key=lambda p: int(p.stem.rsplit('step', 1)[1]))
+            for old in rolling[:-self.keep_last] if self.keep_last > 0 else []: old.unlink()
+        return path
+
+
+class GracefulStop(Callback):
+    """Ctrl-C or SIGTERM: finish the current step, save a checkpoint, stop, and say how to resume.
+
+    A second Ctrl-C stops at once (the last checkpoint on disk stays intact).
+    """
+    order = 65
+
+    def __init__(self, checkpointer): self.checkpointer = checkpointer
+
+    def before_fit(self):
+        import signal
+        import threading
+        self.signal_name, self.previous = None, {}
+        if threading.current_thread() is not threading.main_thread(): return
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self.previous[sig] = signal.signal(sig, self._request_stop)
+
+    def _request_stop(self, signum, frame):
+        import signal
+        if self.signal_name is not None:                  # second signal: stop now
+            signal.signal(signum, self.previous.get(signum, signal.SIG_DFL))
+            raise KeyboardInterrupt
+        self.signal_name = signal.Signals(signum).name
+
+    def after_batch(self):
+        if self.signal_name is None or not self.training: return
+        path = self.checkpointer.save_rolling()
+        self.learn.stop_reason = (f'{self.signal_name} at step {self.learn.step}: saved {path}\n'
+                                  f'Resume with: python pretrain.py --resume {path}')
+        raise CancelFitException()
+
+    def after_fit(self):
+        import signal
+        for sig, handler in self.previous.items(): signal.signal(sig, handler)
+
+
+class NonFiniteLoss(Callback):
+    """Stops the run at the first non-finite loss, naming the step (or skips such steps when `skip=True`)."""
+    order = 15   # after Precision.after_loss, before backward
+
+    def __init__(self, skip=False): self.skip, self.skipped = skip, 0
+
+    def after_loss(self):
+        if not self.training or bool(torch.isfinite(self.learn.loss_grad)): return   # one scalar sync per step
+        step = self.learn.step + 1
+        if self.skip:
+            self.skipped += 1
+            warnings.warn(f'non-finite loss at step {step}: step skipped ({self.skipped} so far)')
+            raise CancelBatchException()
+        self.learn.stop_reason = (f'the loss became {float(self.learn.loss_grad)} at step {step}; stopped without '
+                                  'updating the weights. The last checkpoint on disk is intact. Try a lower --lr, '
+                                  '--precision fp32, or --skip_nonfinite to skip such steps')
+        raise CancelFitException()
 
 
 class MetricsLogger(Callback):
@@ -163,7 +240,7 @@ class MetricsLogger(Callback):
         if self.rank != 0: return
         self.log_dir.mkdir(parents=True, exist_ok=True)
         for name in self.loggers:
-            try: self.backends[name] = _BACKENDS[name](self.log_dir, self.run_name, self.config)
+            try: self.backends[name] = _BACKENDS[name](self.log_dir, self.run_name, self.config, self.learn.step > 0)
             except Exception as e: warnings.warn(f'logger {name} disabled: {e}')
         self.t0, self.step0 = time.perf_counter(), self.learn.step
         self.first_step = self.learn.step + 1
@@ -194,16 +271,17 @@ class MetricsLogger(Callback):
 
 
 class _CSV:
-    def __init__(self, log_dir, run_name, config):
+    def __init__(self, log_dir, run_name, config, resuming=False):
         self.path = Path(log_dir) / 'metrics.csv'
-        self.file, self.writer = None, None
+        self.file, self.writer, self.resuming = None, None, resuming
 
     def log(self, row):
         if self.writer is None:
-            self.file = self.path.open('w', newline='')
+            append = self.resuming and self.path.exists() and self.path.stat().st_size > 0
+            self.file = self.path.open('a' if append else 'w', newline='')
             self.writer = csv.DictWriter(self.file, fieldnames=list(row), extrasaction='ignore')
-            self.writer.writeheader()
-        self.writer.writerow({k: (f'{v:.6g}' if isinstance(v, float) else v) for k, v in row.items()})
+            if not append: self.writer.writeheader()
+        self.writer.writerow({k: (f'{v:.9g}' if isinstance(v, float) else v) for k, v in row.items()})
         self.file.flush()
 
     def close(self):
@@ -211,7 +289,7 @@ class _CSV:
 
 
 class _TensorBoard:
-    def __init__(self, log_dir, run_name, config):
+    def __init__(self, log_dir, run_name, config, resuming=False):
         from torch.utils.tensorboard import SummaryWriter
         self.writer = SummaryWriter(str(log_dir))
         if config: self.writer.add_text('config', '\n'.join(f'    {k}: {v}' for k, v in config.items()))
@@ -228,7 +306,7 @@ class _Neptune:
     """Neptune 1.x. Its hosted service closed in 2026: by default it runs in offline mode (NEPTUNE_MODE=offline),
     writing to .neptune/ (a self-hosted server can be used by setting NEPTUNE_MODE=async and the project/token)."""
 
-    def __init__(self, log_dir, run_name, config):
+    def __init__(self, log_dir, run_name, config, resuming=False):
         import neptune
         mode = os.environ.get('NEPTUNE_MODE', 'offline')
         self.run = neptune.init_run(mode=mode, name=run_name, project=os.environ.get('NEPTUNE_PROJECT'))

@@ -100,3 +100,31 @@ def export_huggingface(ckpt, out_dir):
         model.save_pretrained(out_dir / name)
         tok.save_pretrained(out_dir / name)
     return out_dir
+
+
+def find_checkpoint(spec, directory=CHECKPOINT_DIR, run_name=None):
+    """'latest' (the newest checkpoint in `directory`, of `run_name` if given) or a path."""
+    if spec != 'latest': return Path(spec)
+    return newest_checkpoint(directory, f'{run_name}_seed*.pth' if run_name else '*.pth')
+
+
+def load_weights(electra, ckpt, tokenizer=None):
+    """Put a checkpoint's weights into `electra`, refusing a tokenizer whose vocabulary differs from the checkpoint's."""
+    if tokenizer is not None:
+        saved = tokenizer_from_checkpoint(ckpt)
+        if saved.get_vocab() != tokenizer.get_vocab():
+            raise UserError(f'the tokenizer ({len(tokenizer):,} tokens) does not match the checkpoint\'s '
+                            f'({len(saved):,} tokens); use the tokenizer the run was trained with')
+    try:
+        electra.generator.load_state_dict(ckpt['generator'])
+        electra.discriminator.load_state_dict(ckpt['discriminator'])
+    except RuntimeError as e:
+        raise UserError(f'the checkpoint\'s weights do not fit this model ({str(e).splitlines()[0][:150]}); '
+                        'resume with the size the run was trained with') from None
+
+
+def restore_training_state(learn, ckpt):
+    """Optimizer state and random number generators, so that the run continues exactly where it stopped."""
+    if learn.opt is None: learn.create_opt()
+    learn.opt.opt.load_state_dict(ckpt['optimizer'])
+    set_rng_state(ckpt['rng'])

@@ -55,7 +55,19 @@ class Config:
         if '-h' in argv or '--help' in argv:
             print(cls.help_text(prog)); sys.exit(0)
         overrides = cls.parse_args(argv)
-        return cls.build(**overrides)
+        cfg = cls.build(**overrides)
+        cfg.given = overrides          # what the user set explicitly (used when resuming a run)
+        return cfg
+
+    @classmethod
+    def from_saved(cls, saved, overrides=None):
+        """The config of a saved run (a dict), with `overrides` on top; fields unknown to this version are dropped."""
+        values = {k: v for k, v in saved.items() if k in cls.field_names()}
+        values.update(overrides or {})
+        cfg = cls(**values)
+        cfg.validate()
+        cfg.given = dict(overrides or {})
+        return cfg
 
     @classmethod
     def build(cls, **overrides):

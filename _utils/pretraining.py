@@ -65,8 +65,10 @@ def build_electra(size, tokenizer, mask_prob=0.15, max_length=128, attn_implemen
 def step_dataloader(examples, batch_size, max_steps, seed, start_step=0, rank=0, world_size=1, num_workers=0):
     sampler = StepBatches(len(examples), batch_size, max_steps, seed=seed, start_step=start_step, rank=rank,
                           world_size=world_size)
+    # Its own generator: starting an iterator must not draw from the global RNG, or a resumed run would diverge
     return torch.utils.data.DataLoader(Batches(examples), sampler=sampler, batch_size=None, num_workers=num_workers,
-                                       pin_memory=torch.cuda.is_available(), persistent_workers=num_workers > 0)
+                                       pin_memory=torch.cuda.is_available(), persistent_workers=num_workers > 0,
+                                       generator=torch.Generator().manual_seed(seed))
 
 
 def log_metrics(out):
