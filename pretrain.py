@@ -25,8 +25,8 @@ from _utils.checkpoint import (find_checkpoint, load_checkpoint, load_weights, m
 from _utils.config import Config, option, project_path
 from _utils.electra import SIZES, count_parameters
 from _utils.errors import install_excepthook
-from _utils.pretraining import (build_electra, init_distributed, log_metrics, pick_device, pick_precision,
-                                pretraining_learner, seed_everything, seed_masking, step_dataloader)
+from _utils.pretraining import (build_electra, init_distributed, last_batch_auc, log_metrics, pick_device,
+                                pick_precision, pretraining_learner, seed_everything, seed_masking, step_dataloader)
 from _utils.text import load_tokenizer, pretraining_examples
 
 install_excepthook()  # in the script, bad input gives one clear line instead of a traceback
@@ -77,7 +77,7 @@ class MyConfig(Config):
     num_proc: int = option(0, 'processes that tokenize the corpus; 0: one per core')
 
     PRESETS = {
-        'demo': dict(size='tiny', corpus='bundled', max_steps=1000, batch_size=16, lr=3e-4, warmup_steps=100),
+        'demo': dict(size='tiny', corpus='bundled', max_steps=800, batch_size=16, lr=5e-4, warmup_steps=100),
         'paper-small': dict(size='small', corpus='Skylion007/openwebtext', max_steps=1_000_000, batch_size=128,
                             max_length=128, lr=5e-4, warmup_steps=10_000, mask_prob=0.15),
         'paper-base': dict(size='base', corpus='Skylion007/openwebtext', max_steps=766_000, batch_size=256,
@@ -167,7 +167,8 @@ def checkpoint(learn):
 checkpointer = Checkpointer(project_path(cfg.checkpoint_dir), cfg.run_name, cfg.seed, cfg.max_steps, checkpoint,
                             cfg.fractions, rank=rank, save_every=cfg.save_every, keep_last=cfg.keep_last)
 metrics = MetricsLogger(log_dir, log_metrics, cfg.log_every, cfg.loggers, cfg.batch_size * cfg.max_length,
-                        run_name=run_id, config=cfg.to_dict(), total_steps=cfg.max_steps, rank=rank)
+                        run_name=run_id, config=cfg.to_dict(), total_steps=cfg.max_steps, rank=rank,
+                        snapshot_fn=last_batch_auc)
 callbacks = [checkpointer, metrics, GracefulStop(checkpointer), NonFiniteLoss(skip=cfg.skip_nonfinite)]
 learn = pretraining_learner(electra, train_dl, lr=cfg.lr, total_steps=cfg.max_steps, warmup_steps=cfg.warmup_steps,
                             weight_decay=cfg.weight_decay, adam_eps=cfg.adam_eps, clip=cfg.clip, precision=precision,
@@ -184,7 +185,8 @@ if getattr(learn, 'stop_reason', None): raise SystemExit(f'Stopped: {learn.stop_
 
 # ## 5. Where things went, and did it learn?
 # The generator's MLM loss should fall well below its start, and the discriminator's loss below the loss of a
-# guesser that always says "original" (the entropy of the replaced-token rate).
+# guesser that always says "original" (the entropy of the replaced-token rate). Logged values are averages over
+# the steps since the previous log.
 
 from _utils.pretraining import learning_summary
 if rank == 0:

@@ -223,20 +223,22 @@ class NonFiniteLoss(Callback):
 class MetricsLogger(Callback):
     """Every `every` steps: losses, metrics, lr and tokens/s to CSV, TensorBoard and (optionally) Neptune.
 
-    `metrics_fn(pred) -> {name: value}` computes the numbers from the model's output (only on logged steps, so
-    no host-device synchronisation on the others). A failing backend is reported once and dropped; training goes on.
+    `metrics_fn(pred) -> {name: 0-d tensor}` runs every step and is averaged over the steps since the last log
+    (summed on the device: no host-device synchronisation between logs); `snapshot_fn(pred) -> {name: float}`
+    runs on logged steps only (e.g. an AUC of the last batch). A failing backend is reported once and dropped;
+    training goes on.
     """
     order = 70
 
     def __init__(self, log_dir, metrics_fn, every=50, loggers=('csv', 'tensorboard'), tokens_per_step=None,
-                 run_name='run', config=None, total_steps=None, rank=0):
+                 run_name='run', config=None, total_steps=None, rank=0, snapshot_fn=None):
         self.log_dir, self.metrics_fn, self.every, self.total_steps = Path(log_dir), metrics_fn, every, total_steps
         self.loggers, self.tokens_per_step, self.run_name, self.config = list(loggers), tokens_per_step, run_name, config
-        self.rank = rank
+        self.rank, self.snapshot_fn = rank, snapshot_fn
         self.history = []
 
     def before_fit(self):
-        self.backends = {}
+        self.backends, self.sums, self.count = {}, None, 0
         if self.rank != 0: return
         self.log_dir.mkdir(parents=True, exist_ok=True)
         for name in self.loggers:
@@ -246,13 +248,17 @@ class MetricsLogger(Callback):
         self.first_step = self.learn.step + 1
 
     def after_batch(self):
-        if not self.training or self.rank != 0: return
+        if not self.training or self.rank != 0 or getattr(self.learn, 'loss_grad', None) is None: return
+        metrics = {**self.metrics_fn(self.learn.pred), 'loss': self.learn.loss.detach()}
+        values = torch.stack([v.detach().float() for v in metrics.values()])
+        self.sums = values if self.sums is None else self.sums + values
+        self.count += 1
         step = self.learn.step
         if step % self.every and step != self.total_steps and step != self.first_step: return
         now = time.perf_counter()
-        row = {'step': step}
-        row.update({k: float(v) for k, v in self.metrics_fn(self.learn.pred).items()})
-        row['loss'] = float(self.learn.loss.detach())
+        row = {'step': step, **dict(zip(metrics, (self.sums / self.count).tolist()))}
+        self.sums, self.count = None, 0
+        if self.snapshot_fn: row.update(self.snapshot_fn(self.learn.pred))
         row['lr'] = self.opt.opt.param_groups[0]['lr'] * self.opt.opt.param_groups[0].get('lr_scale', 1.0)
         if self.tokens_per_step:
             row['tokens_per_s'] = self.tokens_per_step * (step - self.step0) / max(now - self.t0, 1e-9)

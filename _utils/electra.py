@@ -20,7 +20,7 @@ from .errors import UserError
 # Discriminator and generator shapes. Generator: same depth, a fraction of the width (RECIPE.md, "Model sizes").
 # `tiny` is this project's own size for quick CPU runs; the others are the paper's.
 SIZES = {
-    'tiny':  dict(embedding_size=128, hidden_size=128, num_hidden_layers=4, num_attention_heads=2,
+    'tiny':  dict(embedding_size=128, hidden_size=128, num_hidden_layers=2, num_attention_heads=2,
                   intermediate_size=512, generator=dict(hidden_size=64, num_attention_heads=1, intermediate_size=256)),
     'small': dict(embedding_size=128, hidden_size=256, num_hidden_layers=12, num_attention_heads=4,
                   intermediate_size=1024, generator=dict(hidden_size=64, num_attention_heads=1, intermediate_size=256)),

@@ -72,14 +72,17 @@ def step_dataloader(examples, batch_size, max_steps, seed, start_step=0, rank=0,
 
 
 def log_metrics(out):
-    """The numbers logged every N steps: step metrics plus the discriminator's AUC over real tokens."""
+    """The per-step numbers (0-d tensors, averaged between logs): losses, accuracies, precision, recall, rate."""
+    return step_metrics(out)
+
+
+def last_batch_auc(out):
+    """The discriminator's ROC AUC over the real tokens of the last batch (computed on logged steps only)."""
     from sklearn.metrics import roc_auc_score
-    m = {k: float(v) for k, v in step_metrics(out).items()}
     real = out.attention_mask.bool()
     labels = out.is_replaced[real].cpu().numpy()
     scores = out.disc_logits[real].float().detach().cpu().numpy()
-    m['disc_auc'] = float(roc_auc_score(labels, scores)) if 0 < labels.sum() < len(labels) else float('nan')
-    return m
+    return {'disc_auc': float(roc_auc_score(labels, scores)) if 0 < labels.sum() < len(labels) else float('nan')}
 
 
 def pretraining_learner(electra, train_dl, *, lr, total_steps, warmup_steps, weight_decay=0.01, adam_eps=1e-6,

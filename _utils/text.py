@@ -187,7 +187,7 @@ def corpus_fingerprint(kind, source):
 
 def load_documents(kind, source, cache_dir=None):
     """A `datasets.Dataset` with one document per row in a column 'text' (lines joined by newlines)."""
-    import datasets
+    datasets = hf_datasets()
     if kind == 'local':
         sizes = [Path(f).stat().st_size for f in source]
         if sum(sizes) == 0:
@@ -223,7 +223,7 @@ def pretraining_examples(corpus, tokenizer, max_length, seed=0, num_proc=None, c
     formatted as torch tensors. The cache key holds the corpus, the tokenizer's fingerprint, max_length, the seed
     and the builder's version, so a changed tokenizer can never reuse stale ids.
     """
-    import datasets
+    datasets = hf_datasets()
     kind, source = resolve_corpus(corpus)
     key = dict(corpus=corpus_fingerprint(kind, source), tokenizer=tokenizer_fingerprint(tokenizer),
                max_length=max_length, seed=seed, builder=BUILDER_VERSION)
@@ -252,6 +252,14 @@ def pretraining_examples(corpus, tokenizer, max_length, seed=0, num_proc=None, c
     (cache_dir / 'cache_key.json').write_text(json.dumps(key, indent=1))
     if verbose: print(f'Examples: {len(examples):,} built from {len(docs):,} documents, cached in {cache_dir}')
     return datasets.load_from_disk(str(cache_dir)).with_format('torch')
+
+
+def hf_datasets():
+    """The Hugging Face `datasets` package (this project's own datasets/ folder must not stand in for it)."""
+    datasets = hf_datasets()
+    if not hasattr(datasets, 'load_dataset'):
+        raise UserError("the Hugging Face 'datasets' package is not installed; run: pip install -r requirements.txt")
+    return datasets
 
 
 def slug(s):
