@@ -256,7 +256,7 @@ def pretraining_examples(corpus, tokenizer, max_length, seed=0, num_proc=None, c
 
 def hf_datasets():
     """The Hugging Face `datasets` package (this project's own datasets/ folder must not stand in for it)."""
-    datasets = hf_datasets()
+    import datasets
     if not hasattr(datasets, 'load_dataset'):
         raise UserError("the Hugging Face 'datasets' package is not installed; run: pip install -r requirements.txt")
     return datasets

@@ -1,0 +1,196 @@
+#!/usr/bin/env python
+
+# Generated from Finetune_GLUE.ipynb by `python -m _utils.nbscript`: edit the notebook, then regenerate.
+
+# # Finetune ELECTRA on GLUE
+#
+# The pretrained **discriminator** is what ELECTRA keeps: here its body gets the paper's classification head
+# (dropout on the [CLS] vector, one linear layer) and is finetuned on each GLUE task, several times with different
+# seeds, because single GLUE runs vary a lot. The paper reports the **median** dev score over runs, and the best
+# dev run of each task predicts the test set for the GLUE server.
+#
+# This notebook is the source of `finetune.py` (regenerate it with `python -m _utils.nbscript`): the cells
+# marked `#| notebook-only` are pictures and tables that stay here. The numbers of the recipe are in
+# `../shared/RECIPE.md` ("GLUE finetuning", "GLUE test submission"); the logic lives in `_utils/finetuning.py`
+# and `_utils/glue.py`.
+
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+warnings.filterwarnings('ignore', message='.*torch.jit.script.*is deprecated')  # raised inside a dependency
+
+import datasets
+
+from _utils.callbacks import LOGGERS
+from _utils.config import Config, option, project_path
+from _utils.electra import SIZES, count_parameters
+from _utils.errors import install_excepthook
+from _utils.finetuning import (RunsLog, classifier_from_result, finetune_task, format_table, glue_source,
+                               group_name_for, load_pretrained, load_tasks, load_test_only, missing_files_report,
+                               parse_tasks, predict_test, recipe_for, run_seeds, save_finetuned, save_summary,
+                               summarize)
+from _utils.glue import write_submission
+from _utils.pretraining import pick_device, pick_precision
+
+install_excepthook()  # in the script, bad input gives one clear line instead of a traceback
+datasets.disable_progress_bars()  # dozens of small tokenizing passes: their bars would bury the results
+started = time.perf_counter()
+
+# ## 1. Configuration
+# The fields' defaults are the paper's recipe. A **preset** sets a group of them: `demo` (the default) only
+# lowers the number of runs per task from the paper's 10 to 3 (still a median), so that the whole bundled sample finetunes in a few
+# minutes on a laptop CPU; `paper` is the paper's protocol (10 runs). The learning rate and the layer-wise decay
+# follow the model's size unless given. Any field can be overridden from the command line, e.g.
+# `python finetune.py --tasks cola,rte --n_runs 5`; `--help` lists them.
+
+@dataclass
+class MyConfig(Config):
+    """Finetune a pretrained ELECTRA discriminator on GLUE, report dev medians, write the test submission."""
+    preset: str = option('demo', "'demo': 3 runs per task (minutes on a CPU); 'paper': 10 runs; fields given on "
+                         'the command line win', choices=['demo', 'paper', 'none'])
+    model: str = option('latest', "'latest' (newest checkpoint of pretrain.py), a .pth checkpoint, a Hugging Face "
+                        "ELECTRA folder or hub id (google/electra-small-discriminator), or 'random'")
+    size: str = option('small', "model size for --model random (a loaded model's size comes from its hidden size)",
+                       choices=list(SIZES))
+    glue_dir: str = option('bundled', "'bundled' (datasets/glue_sample, a few hundred rows per task), a folder in the "
+                           "classic download_glue_data.py layout, a folder of the hub's parquet files, or 'hub'")
+    tasks: str = option('all', "'all' or a comma list, e.g. cola,sst2,rte (AX comes with MNLI)")
+    n_runs: int = option(10, 'runs per task, seeds seed, seed+1, ...; the paper reports the median of 10')
+    seed: int = option(0, 'seed of the first run')
+    lr: float | None = option(None, 'peak learning rate; none: by size, 3e-4 / 1e-4 / 5e-5 (small / base / large)')
+    layer_lr_decay: float | None = option(None, 'layer-wise lr decay; none: 0.8 (0.9 for large)')
+    fix_layer_decay: bool = option(False, 'give the top layer lr*decay instead of the official lr*decay^2')
+    batch_size: int = option(32, 'training batch size')
+    epochs: int | None = option(None, "epochs per task; none: the task's (3; 10 for RTE and STS-B)")
+    warmup_fraction: float = option(0.1, 'linear warmup, as a fraction of all steps of a run')
+    weight_decay: float = option(0.0, 'decoupled weight decay (0 for GLUE)')
+    adam_eps: float = option(1e-6, 'Adam epsilon (Adam without bias correction)')
+    clip: float = option(1.0, 'global gradient-norm clip')
+    dropout: float = option(0.1, 'dropout on the [CLS] vector before the classifier')
+    max_length: int = option(128, 'tokens per example; pairs are truncated from the longer side')
+    dev_fraction: float = option(0.1, 'where a task has no dev split: the fraction of train held out as dev')
+    wnli: str = option('majority', "WNLI test predictions: 'majority' class (the paper) or the finetuned 'model'",
+                       choices=['majority', 'model'])
+    group_name: str = option('', 'folder name of this set of runs; empty: the model\'s name')
+    save_models: bool = option(True, "save each task's best run to checkpoints/finetune/<group_name>/")
+    precision: str = option('auto', 'auto: bf16 where the hardware is fast at it, else fp16 (GPU) / fp32 (CPU)',
+                            choices=['auto', 'fp32', 'bf16', 'fp16'])
+    device: str = option('auto', 'auto, cpu, cuda or cuda:N')
+    logger: str = option('csv,tensorboard', f"per-run training logs: comma-separated among {', '.join(LOGGERS)}, "
+                         'or none')
+    log_every: int = option(10, 'log the training loss every N steps')
+
+    PRESETS = {
+        'demo': dict(n_runs=3),
+        'paper': dict(n_runs=10, batch_size=32, warmup_fraction=0.1, weight_decay=0.0, max_length=128),
+        'none': dict(),
+    }
+
+    def validate(self):
+        super().validate()
+        self.check(self.n_runs > 0, f'--n_runs must be positive, got {self.n_runs}')
+        self.check(self.batch_size > 0, f'--batch_size must be positive, got {self.batch_size}')
+        self.check(self.epochs is None or self.epochs > 0, f'--epochs must be positive, got {self.epochs}')
+        self.check(self.lr is None or self.lr > 0, f'--lr must be positive, got {self.lr}')
+        self.check(self.layer_lr_decay is None or 0 < self.layer_lr_decay <= 1,
+                   f'--layer_lr_decay must be in (0, 1], got {self.layer_lr_decay}')
+        self.check(0 <= self.warmup_fraction < 1, f'--warmup_fraction must be in [0, 1), got {self.warmup_fraction}')
+        self.check(0 < self.dev_fraction < 1, f'--dev_fraction must be in (0, 1), got {self.dev_fraction}')
+        self.check(8 <= self.max_length <= 512, f'--max_length must be in [8, 512], got {self.max_length}')
+        self.check(self.log_every > 0, f'--log_every must be positive, got {self.log_every}')
+        bad = [l for l in self.loggers if l not in LOGGERS]
+        self.check(not bad, f"--logger: unknown logger '{bad[0] if bad else ''}'; choose among "
+                            f"{', '.join(LOGGERS)} or none")
+        self.task_names = parse_tasks(self.tasks)  # unknown task names and missing folders fail here, before any
+        glue_source(self.glue_dir)                 # model is loaded
+
+    @property
+    def loggers(self): return [] if self.logger == 'none' else [l.strip() for l in self.logger.split(',') if l.strip()]
+
+
+cfg = MyConfig.from_cli()
+print(cfg)
+
+# ## 2. The pretrained discriminator
+# Its body (embeddings and transformer layers, without the replaced-token head) is loaded once; every run starts
+# from a fresh copy of it. The size (from the hidden width) picks the learning rate and the layer-wise decay.
+
+pretrained = load_pretrained(cfg.model, cfg.size)
+recipe = recipe_for(pretrained.size, lr=cfg.lr, layer_lr_decay=cfg.layer_lr_decay,
+                    fixed_off_by_one=cfg.fix_layer_decay, batch_size=cfg.batch_size, epochs=cfg.epochs,
+                    warmup_fraction=cfg.warmup_fraction, weight_decay=cfg.weight_decay, adam_eps=cfg.adam_eps,
+                    clip=cfg.clip, dropout=cfg.dropout, max_length=cfg.max_length)
+config = pretrained.electra.config
+print(f'Model: {pretrained.source}\n  hidden {config.hidden_size}, {config.num_hidden_layers} layers, '
+      f'{count_parameters(pretrained.electra) / 1e6:.1f}M parameters -> the {pretrained.size} recipe: '
+      f'lr {recipe.lr:g}, layer decay {recipe.layer_lr_decay:g} '
+      f"({'fixed' if recipe.fixed_off_by_one else 'official'} depths), batch {recipe.batch_size}, warmup "
+      f'{recipe.warmup_fraction:.0%}, weight decay {recipe.weight_decay:g}')
+
+# ## 3. The tasks
+# `[CLS] a [SEP] b [SEP]`, at most 128 tokens, a pair truncated from its longer side. A task the source lacks is
+# skipped with a notice; a task without a dev split is evaluated on a fixed 10% of its training set; MRPC and
+# STS-B training data are doubled with the two sentences swapped.
+
+source = glue_source(cfg.glue_dir)
+print(f'Data: {source}')
+data, skipped = load_tasks(cfg.task_names, source, pretrained.tokenizer, cfg.max_length, cfg.dev_fraction)
+for name, task_data in data.items():
+    print(f'  {name:6} ' + ', '.join(f'{split} {n:,}' for split, n in task_data.sizes().items()) +
+          f' -> {recipe.epochs_for(name)} epochs of {-(-len(task_data.train) // recipe.batch_size)} batches')
+
+# ## 4. Finetuning: `n_runs` runs per task
+# Each run: a fresh head (Xavier-uniform, zero bias) on a fresh copy of the body, Adam without bias correction,
+# lr × decay^(n+2−depth) per layer (the head gets lr, the top layer lr × 0.8², the official off-by-one), warmup
+# 10% × linear decay, clipping at 1.0, batches of similar lengths. After every epoch the dev metrics are computed
+# and appended to `runs.csv` at once. The best run of each task (by its final dev score) is kept for the test set.
+
+device = pick_device(cfg.device)
+precision = pick_precision(cfg.precision, device)
+group = group_name_for(pretrained, cfg.group_name)
+log_dir = project_path('logs') / 'finetune' / group
+runs_log = RunsLog(log_dir / 'runs.csv')
+seeds = run_seeds(cfg.seed, cfg.n_runs)
+print(f'{len(data)} tasks x {cfg.n_runs} runs (seeds {seeds[0]}..{seeds[-1]}) on {device} ({precision}); '
+      f'every epoch\'s dev metrics -> {runs_log.path}')
+
+results = {}
+for name, task_data in data.items():
+    results[name] = finetune_task(task_data, pretrained, recipe, seeds, runs_log, precision, device,
+                                  log_root=log_dir, loggers=cfg.loggers, log_every=cfg.log_every,
+                                  config=cfg.to_dict())
+    if cfg.save_models:
+        save_finetuned(results[name], pretrained, project_path('checkpoints') / 'finetune' / group / f'{name}.pth')
+
+# ## 5. Dev results
+# Per task, over the runs' final dev scores: the median (the paper's number), mean, std, min and max of the main
+# metric (CoLA MCC, STS-B Spearman, accuracy elsewhere; MNLI matched). The GLUE dev average is the mean of the
+# medians over the paper's 8 tasks (no WNLI): with tasks missing it is not comparable with the paper's.
+
+table, average = summarize([run for result in results.values() for run in result.runs])
+print(format_table(table))
+summary_files = save_summary(table, log_dir, title=f'GLUE dev, {pretrained.name}, {cfg.n_runs} runs per task')
+print(f"Saved {', '.join(str(p) for p in summary_files)}")
+
+# ## 6. Test submission
+# The best dev run of each task predicts its test set; the MNLI model also predicts the diagnostic set AX; WNLI
+# predicts the majority class unless `--wnli model`. The GLUE server wants all 11 files in one zip: what is
+# missing is listed.
+
+predictions = {}
+for name, result in results.items():
+    if name == 'WNLI' and cfg.wnli == 'majority': continue
+    model = classifier_from_result(result, pretrained, device)
+    predictions.update(predict_test(name, model, data[name].test, precision=precision))
+    if name == 'MNLI':
+        predictions.update(predict_test('AX', model, load_test_only('AX', source, pretrained.tokenizer,
+                                                                   cfg.max_length), precision=precision))
+wnli_test = data['WNLI'].test if 'WNLI' in data else load_test_only('WNLI', source, pretrained.tokenizer)
+submission = write_submission(predictions, project_path('test_outputs') / group,
+                              wnli_test_indices=wnli_test['test']['idx'] if 'test' in wnli_test else None)
+print(f"Wrote {len(submission.files)} of 11 files and {submission.zip_path}")
+if submission.missing:
+    print('Missing for a complete GLUE server upload:\n' + missing_files_report(submission, results, skipped))
+print(f'Done in {(time.perf_counter() - started) / 60:.1f} min')

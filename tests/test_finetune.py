@@ -1,0 +1,336 @@
+"""GLUE finetuning as RECIPE.md states it ("GLUE finetuning", "GLUE test submission"), on tiny models and a few rows."""
+import csv
+import os
+import subprocess
+import sys
+import types
+import zipfile
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from transformers import ElectraConfig, ElectraForMaskedLM, ElectraForPreTraining, ElectraModel
+
+from _utils import finetuning as ft
+from _utils.checkpoint import export_huggingface, make_checkpoint, save_checkpoint
+from _utils.electra import share_embeddings
+from _utils.errors import UserError
+from _utils.glue import BUNDLED_GLUE_DIR, encode
+from _utils.pretraining import seed_everything
+
+PROJECT = Path(__file__).resolve().parents[1]
+HUB_FIXTURE = PROJECT / 'tests' / 'fixtures' / 'glue_hf'
+
+
+@pytest.fixture(scope='module', autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread, and stay fast on a CPU shared with other processes."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+SUBPROCESS_ENV = dict(os.environ, OMP_NUM_THREADS='1', ELECTRA_ARGS='')
+
+
+@pytest.fixture(scope='module')
+def tokenizer():
+    from _utils.text import load_tokenizer
+    return load_tokenizer('bundled')
+
+
+def tiny_config(vocab_size, layers=2, **kw):
+    return ElectraConfig(vocab_size=vocab_size, embedding_size=8, hidden_size=16, num_hidden_layers=layers,
+                         num_attention_heads=2, intermediate_size=32, max_position_embeddings=512, **kw)
+
+
+def pretrained_of(electra, tokenizer=None):
+    return ft.Pretrained(electra, tokenizer, 'tiny-test', 'built in the test')
+
+
+@pytest.fixture(scope='module')
+def tiny_hf_folder(tokenizer, tmp_path_factory):
+    """A tiny discriminator body saved the Hugging Face way, with the bundled tokenizer."""
+    folder = tmp_path_factory.mktemp('models') / 'tiny-electra'
+    torch.manual_seed(0)
+    ElectraModel(tiny_config(len(tokenizer))).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The recipe per size, and layer-wise learning rates on the finetuning model
+# ---------------------------------------------------------------------------------------------------------------
+def test_size_from_hidden_width_picks_lr_and_layer_decay():
+    sizes = {h: ft.size_of(types.SimpleNamespace(hidden_size=h)) for h in (128, 256, 768, 1024)}
+    assert sizes == {128: 'small', 256: 'small', 768: 'base', 1024: 'large'}
+    assert (ft.recipe_for('small').lr, ft.recipe_for('small').layer_lr_decay) == (3e-4, 0.8)
+    assert (ft.recipe_for('base').lr, ft.recipe_for('base').layer_lr_decay) == (1e-4, 0.8)
+    assert (ft.recipe_for('large').lr, ft.recipe_for('large').layer_lr_decay) == (5e-5, 0.9)
+    assert ft.recipe_for('small', lr=None, epochs=5).lr == 3e-4  # None keeps the size's value
+
+
+def test_recipe_batch_32_warmup_10pct_no_weight_decay_epochs_3_but_10_for_rte_and_stsb():
+    r = ft.Recipe()
+    assert (r.batch_size, r.warmup_fraction, r.weight_decay, r.clip, r.max_length) == (32, 0.1, 0.0, 1.0, 128)
+    assert [r.epochs_for(t) for t in ('CoLA', 'RTE', 'STS-B', 'MNLI')] == [3, 10, 10, 3]
+
+
+def effective_lrs(model, optimizer):
+    lr_of = {id(p): g['lr'] * g['lr_scale'] for g in optimizer.param_groups for p in g['params']}
+    return {name: lr_of[id(p)] for name, p in model.named_parameters()}
+
+
+@pytest.fixture(scope='module')
+def twelve_layer_classifier():
+    return ft.build_classifier(pretrained_of(ElectraModel(tiny_config(100, layers=12))), 'CoLA')
+
+
+def test_layer_lrs_head_lr_top_layer_lr_times_0_8_squared_embeddings_0_8_to_the_14(twelve_layer_classifier):
+    model, lr = twelve_layer_classifier, 3e-4
+    lrs = effective_lrs(model, ft.finetuning_optimizer(model, ft.Recipe(lr=lr), n_layers=12))
+    assert lrs['classifier.weight'] == pytest.approx(lr)
+    assert lrs['classifier.bias'] == pytest.approx(lr)
+    assert lrs['electra.encoder.layer.11.attention.self.query.weight'] == pytest.approx(lr * 0.8 ** 2)  # off-by-one
+    assert lrs['electra.encoder.layer.0.output.dense.weight'] == pytest.approx(lr * 0.8 ** 13)
+    assert lrs['electra.embeddings.word_embeddings.weight'] == pytest.approx(lr * 0.8 ** 14)
+    assert lrs['electra.embeddings.LayerNorm.weight'] == pytest.approx(lr * 0.8 ** 14)
+    assert lrs['electra.embeddings_project.weight'] == pytest.approx(lr * 0.8 ** 14)
+
+
+def test_fixed_layer_decay_gives_the_top_layer_lr_times_0_8(twelve_layer_classifier):
+    model, lr = twelve_layer_classifier, 3e-4
+    lrs = effective_lrs(model, ft.finetuning_optimizer(model, ft.Recipe(lr=lr, fixed_off_by_one=True), n_layers=12))
+    assert lrs['classifier.weight'] == pytest.approx(lr)
+    assert lrs['electra.encoder.layer.11.output.dense.weight'] == pytest.approx(lr * 0.8)
+    assert lrs['electra.embeddings.word_embeddings.weight'] == pytest.approx(lr * 0.8 ** 13)
+
+
+def test_finetuning_optimizer_is_adam_without_bias_correction_and_no_weight_decay(twelve_layer_classifier):
+    from _utils.optim import AdamNoBiasCorrection
+    opt = ft.finetuning_optimizer(twelve_layer_classifier, ft.Recipe(), n_layers=12)
+    assert isinstance(opt, AdamNoBiasCorrection)
+    assert all(g['weight_decay'] == 0.0 and g['eps'] == 1e-6 and g['betas'] == (0.9, 0.999)
+               for g in opt.param_groups)
+
+
+def test_learner_warms_up_10pct_and_decays_to_zero_over_all_epochs(tokenizer):
+    model = ft.build_classifier(pretrained_of(ElectraModel(tiny_config(len(tokenizer)))), 'SST-2')
+    data = few_rows_task('SST-2', tokenizer, train_rows=64)
+    train_dl = ft.glue_dataloader(data.train, batch_size=8)
+    learn = ft.finetuning_learner(model, train_dl, 'SST-2', ft.Recipe(lr=1e-3), n_layers=2, epochs=5)
+    assert learn.total_steps == 40
+    warmup = next(cb for cb in learn.cbs if type(cb).__name__ == 'WarmupLinearDecay')
+    assert (warmup.total_steps, warmup.warmup_steps, warmup.lr) == (40, 4, 1e-3)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Which model
+# ---------------------------------------------------------------------------------------------------------------
+def test_checkpoint_file_and_its_huggingface_export_give_the_same_predictions(tokenizer, tmp_path):
+    torch.manual_seed(0)
+    disc = ElectraForPreTraining(tiny_config(len(tokenizer)))
+    gen = ElectraForMaskedLM(tiny_config(len(tokenizer)))
+    share_embeddings(gen, disc)
+    ckpt = make_checkpoint(types.SimpleNamespace(generator=gen, discriminator=disc), tokenizer, {}, 7, 10,
+                           with_rng=False)
+    path = save_checkpoint(ckpt, tmp_path / 'pretrain' / 'tiny_seed0_100pct.pth')
+    export_huggingface(ckpt, tmp_path / 'hf')
+
+    from_checkpoint = ft.load_pretrained(str(path))
+    from_folder = ft.load_pretrained(str(tmp_path / 'hf' / 'discriminator'))
+    latest = ft.load_pretrained('latest', checkpoint_dir=tmp_path / 'pretrain')
+    assert latest.name == from_checkpoint.name == 'tiny_seed0_100pct'
+
+    rows = ft.glue_source('bundled').load('MRPC')['dev'].select(range(6))
+    encoded = encode(rows, from_folder.tokenizer)
+    assert encoded['input_ids'] == encode(rows, from_checkpoint.tokenizer)['input_ids']
+    logits = []
+    for pretrained in (from_checkpoint, from_folder):
+        seed_everything(0)  # same head initialisation
+        logits.append(ft.predict_logits(ft.build_classifier(pretrained, 'MRPC'), encoded))
+    torch.testing.assert_close(logits[0], logits[1])
+
+
+def test_model_errors_are_one_line_user_errors(tmp_path, monkeypatch):
+    with pytest.raises(UserError, match='no checkpoint'):
+        ft.load_pretrained('latest', checkpoint_dir=tmp_path)
+    with pytest.raises(UserError, match='does not exist'):
+        ft.load_pretrained(str(tmp_path / 'missing.pth'))
+    (tmp_path / 'empty').mkdir()
+    with pytest.raises(UserError, match='config.json'):
+        ft.load_pretrained(str(tmp_path / 'empty'))
+
+    def offline(name):
+        raise OSError("We couldn't connect to 'https://huggingface.co' to load the files\nand more")
+    monkeypatch.setattr(ft, '_electra_body', offline)
+    with pytest.raises(UserError, match=r'hub.*--model latest.*save_pretrained.*random') as e:
+        ft.load_pretrained('google/electra-small-discriminator')
+    assert '\n' not in str(e.value)
+
+
+def test_random_model_has_the_size_and_the_bundled_tokenizer():
+    pretrained = ft.load_pretrained('random', size='tiny')
+    assert pretrained.electra.config.hidden_size == 128 and pretrained.size == 'small'
+    assert len(pretrained.tokenizer) == 30522
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Which data
+# ---------------------------------------------------------------------------------------------------------------
+def test_tasks_all_means_every_trainable_task_and_names_are_checked():
+    assert ft.parse_tasks('all') == ['CoLA', 'SST-2', 'MRPC', 'STS-B', 'QQP', 'MNLI', 'QNLI', 'RTE', 'WNLI']
+    assert ft.parse_tasks('rte,cola,sst2') == ['CoLA', 'SST-2', 'RTE']
+    with pytest.raises(UserError, match="did you mean 'cola'"):
+        ft.parse_tasks('colaa')
+    with pytest.raises(UserError, match='MNLI model predicts it'):
+        ft.parse_tasks('ax')
+
+
+def test_glue_dir_bundled_hub_parquet_or_an_error(tmp_path):
+    assert ft.glue_source('bundled').path == BUNDLED_GLUE_DIR
+    assert ft.glue_source('hub').kind == 'hub'
+    assert ft.glue_source(str(HUB_FIXTURE)).kind == 'parquet'
+    with pytest.raises(UserError, match='is not a folder'):
+        ft.glue_source(str(tmp_path / 'nope'))
+    with pytest.raises(UserError, match='no GLUE task folder'):
+        ft.glue_source(str(tmp_path))
+
+
+def test_missing_tasks_are_skipped_and_missing_dev_split_off_train(tokenizer):
+    notices = []
+    data, skipped = ft.load_tasks(['MNLI', 'QNLI', 'RTE', 'MRPC'], ft.glue_source('bundled'), tokenizer,
+                                  notify=notices.append)
+    assert list(data) == ['RTE', 'MRPC'] and set(skipped) == {'MNLI', 'QNLI'}
+    assert all('\n' not in n for n in notices) and len(notices) == 3  # MNLI, QNLI skipped; RTE's dev
+    assert (len(data['RTE'].train), len(data['RTE'].dev['dev'])) == (270, 30)  # 10% of the 300 sample rows
+    assert len(data['MRPC'].train) == 2 * 300  # doubled with swapped sentences
+    with pytest.raises(UserError, match='no task can be finetuned'):
+        ft.load_tasks(['QNLI'], ft.glue_source('bundled'), tokenizer, notify=notices.append)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Runs, per-epoch metrics on disk, summary
+# ---------------------------------------------------------------------------------------------------------------
+def few_rows_task(name, tokenizer, train_rows=32, dev_rows=16):
+    data, _ = ft.load_tasks([name], ft.glue_source('bundled'), tokenizer, notify=lambda m: None)
+    d = data[name]
+    d.train = d.train.select(range(train_rows))
+    d.dev = {s: ds.select(range(min(dev_rows, len(ds)))) for s, ds in d.dev.items()}
+    return d
+
+
+def test_each_epochs_dev_metrics_are_on_disk_as_soon_as_the_epoch_ends(tokenizer, tmp_path):
+    torch.manual_seed(0)
+    pretrained = pretrained_of(ElectraModel(tiny_config(len(tokenizer))), tokenizer)
+    runs_log = ft.RunsLog(tmp_path / 'runs.csv')
+    rows_on_disk = []
+    append = runs_log.append
+
+    def append_then_read(*args):
+        append(*args)
+        rows_on_disk.append(len(pd.read_csv(runs_log.path)))
+    runs_log.append = append_then_read
+
+    result = ft.finetune_task(few_rows_task('CoLA', tokenizer), pretrained, ft.Recipe(epochs=2, batch_size=8),
+                              seeds=[3, 4], runs_log=runs_log, log_root=tmp_path / 'logs', loggers=['csv'],
+                              log_every=1, verbose=False)
+    assert rows_on_disk == [1, 2, 3, 4]
+    runs = pd.read_csv(runs_log.path)
+    assert list(runs.seed) == [3, 3, 4, 4] and list(runs.epoch) == [1, 2, 1, 2] and list(runs.step) == [4, 8, 4, 8]
+    assert set(runs.main_metric) == {'mcc'} and runs.mcc.notna().all() and (runs.score == runs.mcc).all()
+    assert (tmp_path / 'logs' / 'CoLA_run0_seed3' / 'metrics.csv').is_file()  # the per-run training log
+    assert result.best.state_dict is not None and result.best.score == max(r.score for r in result.runs)
+
+    saved_model, _ = ft.load_finetuned(ft.save_finetuned(result, pretrained, tmp_path / 'CoLA.pth'))
+    kept_model = ft.classifier_from_result(result, pretrained)
+    dev = next(iter(few_rows_task('CoLA', tokenizer).dev.values()))
+    torch.testing.assert_close(ft.predict_logits(saved_model, dev), ft.predict_logits(kept_model, dev))
+
+    table, average = ft.summarize(runs)
+    assert table.loc['CoLA', 'runs'] == 2
+    final = runs[runs.epoch == 2].score
+    assert table.loc['CoLA', 'median'] == pytest.approx(final.median())
+    assert table.loc['CoLA', 'std'] == pytest.approx(final.std())
+    assert 'not comparable' in table.loc['GLUE avg', 'other (median)'] and 'CoLA' not in average.missing
+    csv_path, md_path = ft.save_summary(table, tmp_path)
+    assert pd.read_csv(csv_path).task.tolist() == ['CoLA', 'GLUE avg']
+    assert '| CoLA | mcc | 2 |' in md_path.read_text()
+
+
+def test_a_failing_logger_never_stops_training(tokenizer, tmp_path, monkeypatch):
+    from _utils import callbacks
+
+    class Broken:  # e.g. a logging service that goes away mid-run
+        def __init__(self, *args): pass
+        def log(self, row): raise ConnectionError('service unreachable')
+        def close(self): pass
+    monkeypatch.setitem(callbacks._BACKENDS, 'broken', Broken)
+    pretrained = pretrained_of(ElectraModel(tiny_config(len(tokenizer))), tokenizer)
+    data = few_rows_task('SST-2', tokenizer, train_rows=16, dev_rows=8)
+    with pytest.warns(UserWarning, match='logger broken failed'):
+        result = ft.finetune_run(data, pretrained, ft.Recipe(epochs=1, batch_size=8), seed=0,
+                                 log_dir=tmp_path / 'run', loggers=['broken', 'csv'])
+    assert len(result.history) == 1
+    assert 'head_lr' in (tmp_path / 'run' / 'metrics.csv').read_text()
+
+
+def test_glue_average_row_is_the_mean_of_the_medians_without_wnli():
+    rows = [dict(task=t, run=r, seed=r, epoch=1, score=s) for t, scores in
+            (('CoLA', (50, 60, 70)), ('RTE', (60, 62, 64)), ('WNLI', (10, 10, 10))) for r, s in enumerate(scores)]
+    table, average = ft.summarize(pd.DataFrame(rows))
+    assert table.loc['CoLA', 'median'] == 60 and table.loc['RTE', 'median'] == 62
+    assert average.score == pytest.approx(61) and table.loc['GLUE avg', 'median'] == pytest.approx(61)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The script, end to end: hub-format data, runs, summary, submission
+# ---------------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope='module')
+def script_run(tiny_hf_folder, tmp_path_factory):
+    """finetune.py on the hub-format fixture (60 rows a split): CoLA, RTE (dev split off train), MNLI (absent)."""
+    cwd = tmp_path_factory.mktemp('run')
+    env = dict(SUBPROCESS_ENV, HF_DATASETS_CACHE=str(cwd / 'hf_cache'), HF_HUB_OFFLINE='1')
+    cmd = [sys.executable, str(PROJECT / 'finetune.py'), '--model', str(tiny_hf_folder), '--glue_dir',
+           str(HUB_FIXTURE), '--tasks', 'cola,rte,mnli', '--n_runs', '2', '--epochs', '2', '--batch_size', '16',
+           '--logger', 'csv', '--group_name', 'tiny']
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return cwd, proc.stdout
+
+
+def test_script_keeps_every_epoch_of_every_run_and_a_summary(script_run):
+    cwd, stdout = script_run
+    runs = pd.read_csv(cwd / 'logs' / 'finetune' / 'tiny' / 'runs.csv')
+    assert sorted(set(runs.task)) == ['CoLA', 'RTE']
+    assert runs.groupby('task').size().to_dict() == {'CoLA': 4, 'RTE': 4}  # 2 runs x 2 epochs
+    assert sorted(set(runs.seed)) == [0, 1]
+    summary = pd.read_csv(cwd / 'logs' / 'finetune' / 'tiny' / 'summary.csv')
+    assert summary.task.tolist() == ['CoLA', 'RTE', 'GLUE avg']
+    assert (cwd / 'logs' / 'finetune' / 'tiny' / 'summary.md').is_file()
+    assert 'MNLI: skipped' in stdout and 'RTE: no dev split' in stdout and 'GLUE avg' in stdout
+    assert {p.name for p in (cwd / 'checkpoints' / 'finetune' / 'tiny').iterdir()} == {'CoLA.pth', 'RTE.pth'}
+
+
+def test_script_writes_the_submission_files_it_can_and_lists_the_missing_ones(script_run):
+    cwd, stdout = script_run
+    out = cwd / 'test_outputs' / 'tiny'
+    with zipfile.ZipFile(out / 'glue_submission.zip') as z:
+        assert sorted(z.namelist()) == ['CoLA.tsv', 'RTE.tsv', 'WNLI.tsv']
+    rte = list(csv.reader((out / 'RTE.tsv').open(), delimiter='\t'))
+    assert rte[0] == ['index', 'prediction'] and len(rte) == 1 + 60
+    assert {row[1] for row in rte[1:]} <= {'entailment', 'not_entailment'}
+    wnli = list(csv.reader((out / 'WNLI.tsv').open(), delimiter='\t'))
+    assert {row[1] for row in wnli[1:]} == {'0'}  # majority class
+    for stem in ('MNLI-m', 'MNLI-mm', 'AX', 'QQP', 'QNLI', 'SST-2', 'MRPC', 'STS-B'):
+        assert f'{stem}.tsv:' in stdout
+
+
+def test_script_bad_input_is_one_line(tmp_path):
+    proc = subprocess.run([sys.executable, str(PROJECT / 'finetune.py'), '--tasks', 'cola,sts-bb'], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120, env=SUBPROCESS_ENV)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == ["error: unknown GLUE task 'sts-bb'; did you mean 'stsb'? known tasks: "
+                                                "CoLA, SST-2, MRPC, STS-B, QQP, MNLI, QNLI, RTE, WNLI, AX"]
