@@ -74,7 +74,11 @@ class MyConfig(Config):
     wnli: str = option('majority', "WNLI test predictions: 'majority' class (the paper) or the finetuned 'model'",
                        choices=['majority', 'model'])
     group_name: str = option('', 'folder name of this set of runs; empty: the model\'s name')
-    save_models: bool = option(True, "save each task's best run to checkpoints/finetune/<group_name>/")
+    save_models: bool = option(True, "save each task's best run to <checkpoint_dir>/<group_name>/")
+    log_dir: str = option('logs/finetune', 'runs.csv, summaries and training logs go to <log_dir>/<group_name>/ '
+                          '(relative paths: from the project folder)')
+    checkpoint_dir: str = option('checkpoints/finetune', 'finetuned models go to <checkpoint_dir>/<group_name>/')
+    output_dir: str = option('test_outputs', 'the GLUE submission goes to <output_dir>/<group_name>/')
     precision: str = option('auto', 'auto: bf16 where the hardware is fast at it, else fp16 (GPU) / fp32 (CPU)',
                             choices=['auto', 'fp32', 'bf16', 'fp16'])
     device: str = option('auto', 'auto, cpu, cuda or cuda:N')
@@ -150,7 +154,7 @@ for name, task_data in data.items():
 device = pick_device(cfg.device)
 precision = pick_precision(cfg.precision, device)
 group = group_name_for(pretrained, cfg.group_name)
-log_dir = project_path('logs') / 'finetune' / group
+log_dir = project_path(cfg.log_dir) / group
 runs_log = RunsLog(log_dir / 'runs.csv')
 seeds = run_seeds(cfg.seed, cfg.n_runs)
 print(f'{len(data)} tasks x {cfg.n_runs} runs (seeds {seeds[0]}..{seeds[-1]}) on {device} ({precision}); '
@@ -162,7 +166,7 @@ for name, task_data in data.items():
                                   log_root=log_dir, loggers=cfg.loggers, log_every=cfg.log_every,
                                   config=cfg.to_dict())
     if cfg.save_models:
-        save_finetuned(results[name], pretrained, project_path('checkpoints') / 'finetune' / group / f'{name}.pth')
+        save_finetuned(results[name], pretrained, project_path(cfg.checkpoint_dir) / group / f'{name}.pth')
 
 # ## 5. Dev results
 # Per task, over the runs' final dev scores: the median (the paper's number), mean, std, min and max of the main
@@ -188,7 +192,7 @@ for name, result in results.items():
         predictions.update(predict_test('AX', model, load_test_only('AX', source, pretrained.tokenizer,
                                                                    cfg.max_length), precision=precision))
 wnli_test = data['WNLI'].test if 'WNLI' in data else load_test_only('WNLI', source, pretrained.tokenizer)
-submission = write_submission(predictions, project_path('test_outputs') / group,
+submission = write_submission(predictions, project_path(cfg.output_dir) / group,
                               wnli_test_indices=wnli_test['test']['idx'] if 'test' in wnli_test else None)
 print(f"Wrote {len(submission.files)} of 11 files and {submission.zip_path}")
 if submission.missing:

@@ -295,7 +295,8 @@ def script_run(tiny_hf_folder, tmp_path_factory):
     env = dict(SUBPROCESS_ENV, HF_DATASETS_CACHE=str(cwd / 'hf_cache'), HF_HUB_OFFLINE='1')
     cmd = [sys.executable, str(PROJECT / 'finetune.py'), '--model', str(tiny_hf_folder), '--glue_dir',
            str(HUB_FIXTURE), '--tasks', 'cola,rte,mnli', '--n_runs', '2', '--epochs', '2', '--batch_size', '16',
-           '--logger', 'csv', '--group_name', 'tiny']
+           '--logger', 'csv', '--group_name', 'tiny', '--log_dir', str(cwd / 'logs' / 'finetune'),
+           '--checkpoint_dir', str(cwd / 'checkpoints' / 'finetune'), '--output_dir', str(cwd / 'test_outputs')]
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return cwd, proc.stdout

@@ -32,3 +32,12 @@ def test_pretrain_notebook_runs_at_tiny_scale(tmp_path):
     # the pictures were drawn: the schedule and the loss curves
     images = [o for c in nb.cells if c.cell_type == 'code' for o in c.get('outputs', []) if 'image/png' in o.get('data', {})]
     assert len(images) >= 2
+
+
+def test_finetune_notebook_runs_at_tiny_scale(tmp_path):
+    nb = execute('Finetune_GLUE.ipynb', f'--model random --size tiny --tasks WNLI,RTE --n_runs 2 --epochs 1 '
+                                        f'--logger csv --group_name nbtest --log_dir {tmp_path}/logs '
+                                        f'--checkpoint_dir {tmp_path}/ckpt --output_dir {tmp_path}/out', tmp_path)
+    assert 'GLUE avg' in outputs_text(nb)
+    assert (tmp_path / 'out' / 'nbtest' / 'glue_submission.zip').exists()
+    assert (tmp_path / 'logs' / 'nbtest' / 'runs.csv').exists()
