@@ -240,7 +240,10 @@ class MetricsLogger(Callback):
     def before_fit(self):
         self.backends, self.sums, self.count = {}, None, 0
         if self.rank != 0: return
-        self.log_dir.mkdir(parents=True, exist_ok=True)
+        try: self.log_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            warnings.warn(f'cannot create the log folder {self.log_dir} ({e}); logging is off, training goes on')
+            self.loggers = []
         for name in self.loggers:
             try: self.backends[name] = _BACKENDS[name](self.log_dir, self.run_name, self.config, self.learn.step > 0)
             except Exception as e: warnings.warn(f'logger {name} disabled: {e}')
@@ -259,7 +262,7 @@ class MetricsLogger(Callback):
         row = {'step': step, **dict(zip(metrics, (self.sums / self.count).tolist()))}
         self.sums, self.count = None, 0
         if self.snapshot_fn: row.update(self.snapshot_fn(self.learn.pred))
-        row['lr'] = self.opt.opt.param_groups[0]['lr'] * self.opt.opt.param_groups[0].get('lr_scale', 1.0)
+        row['lr'] = self.opt.opt.param_groups[0]['lr']        # the scheduled lr (before any layer-wise scale)
         if self.tokens_per_step:
             row['tokens_per_s'] = self.tokens_per_step * (step - self.step0) / max(now - self.t0, 1e-9)
         self.t0, self.step0 = now, step
