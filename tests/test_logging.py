@@ -1,0 +1,73 @@
+"""Logging: every backend gets the rows, and a failing logger never stops training."""
+import csv
+import os
+
+import pytest
+import torch
+
+from _utils import callbacks
+from _utils.callbacks import MetricsLogger
+from _utils.pretraining import build_electra, log_metrics, pretraining_learner, step_dataloader
+from _utils.text import load_tokenizer
+
+TOKENIZER = load_tokenizer('bundled')
+
+
+class Examples:
+    """16 short synthetic examples: [CLS] 10 word pieces [SEP] padding."""
+    def __init__(self):
+        ids = torch.zeros(16, 16, dtype=torch.long)
+        ids[:, 0], ids[:, 11] = TOKENIZER.cls_token_id, TOKENIZER.sep_token_id
+        ids[:, 1:11] = torch.randint(1000, 2000, (16, 10), generator=torch.Generator().manual_seed(0))
+        self.data = {'input_ids': ids, 'token_type_ids': torch.zeros_like(ids)}
+
+    def __len__(self): return 16
+
+    def __getitem__(self, idx): return {k: v[idx] for k, v in self.data.items()}
+
+
+def train(logger, steps=3):
+    torch.manual_seed(0)
+    electra = build_electra('tiny', TOKENIZER, max_length=16)
+    dl = step_dataloader(Examples(), batch_size=4, max_steps=steps, seed=0)
+    learn = pretraining_learner(electra, dl, lr=1e-3, total_steps=steps, warmup_steps=1, precision='fp32',
+                                extra_cbs=[logger])
+    learn.fit(1)
+    return learn
+
+
+class Broken:
+    def __init__(self, *args): pass
+    def log(self, row): raise OSError('disk full')
+    def close(self): pass
+
+
+def test_a_failing_logger_is_dropped_and_training_goes_on(tmp_path, monkeypatch):
+    monkeypatch.setitem(callbacks._BACKENDS, 'broken', Broken)
+    logger = MetricsLogger(tmp_path, log_metrics, every=1, loggers=('broken', 'csv'), total_steps=3)
+    with pytest.warns(UserWarning, match='logger broken failed'):
+        learn = train(logger)
+    assert learn.step == 3
+    assert [int(r['step']) for r in csv.DictReader((tmp_path / 'metrics.csv').open())] == [1, 2, 3]
+
+
+def test_an_unwritable_log_folder_turns_logging_off_not_training(tmp_path):
+    blocker = tmp_path / 'file'
+    blocker.write_text('not a folder')
+    logger = MetricsLogger(blocker / 'logs', log_metrics, every=1, loggers=('csv',), total_steps=3)
+    with pytest.warns(UserWarning, match='cannot create the log folder'):
+        learn = train(logger)
+    assert learn.step == 3 and len(logger.history) == 3
+
+
+def test_tensorboard_writes_event_files(tmp_path):
+    train(MetricsLogger(tmp_path, log_metrics, every=1, loggers=('tensorboard',), total_steps=3))
+    assert list(tmp_path.glob('events.out.tfevents.*'))
+
+
+def test_neptune_logs_offline_without_a_server(tmp_path, monkeypatch):
+    pytest.importorskip('neptune')
+    monkeypatch.chdir(tmp_path)                       # offline runs are written under ./.neptune/
+    monkeypatch.delenv('NEPTUNE_MODE', raising=False)
+    train(MetricsLogger(tmp_path / 'logs', log_metrics, every=1, loggers=('neptune',), total_steps=3))
+    assert list((tmp_path / '.neptune' / 'offline').glob('run__*'))
