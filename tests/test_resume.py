@@ -67,3 +67,23 @@ def test_sigterm_saves_a_checkpoint_and_the_run_resumes_from_it(tmp_path):
     res = pretrain(tmp_path, '--resume', str(saved[0]), '--max_steps', str(step + 2), name='term')
     assert f'from step {step}' in res.stdout
     assert max(losses(tmp_path, 'term')) == step + 2
+
+
+def test_a_nonfinite_loss_stops_the_run_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
+    pretrain(tmp_path, '--max_steps', '2', '--checkpoint_fractions', '1', name='good')
+    good = tmp_path / 'ckpt' / 'good_seed0_100pct.pth'
+    before = good.read_bytes()
+    res = subprocess.run([sys.executable, 'pretrain.py', *TINY, '--run_name', 'good', '--max_steps', '4',
+                          '--discriminator_weight', 'nan', '--checkpoint_fractions', '1',
+                          '--checkpoint_dir', str(tmp_path / 'ckpt'), '--log_dir', str(tmp_path / 'logs2')],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert res.returncode != 0
+    assert 'the loss became nan at step 1' in res.stderr and 'Traceback' not in res.stderr
+    assert good.read_bytes() == before                       # the last good checkpoint is untouched
+
+
+def test_skip_nonfinite_skips_such_steps_and_finishes(tmp_path):
+    res = pretrain(tmp_path, '--max_steps', '3', '--discriminator_weight', 'nan', '--skip_nonfinite',
+                   '--checkpoint_fractions', '1', name='skip')
+    assert 'non-finite loss at step 1: step skipped' in res.stderr
+    assert (tmp_path / 'ckpt' / 'skip_seed0_100pct.pth').exists()
