@@ -24,7 +24,7 @@ from _utils.checkpoint import (find_checkpoint, load_checkpoint, load_weights, m
                                restore_training_state)
 from _utils.config import Config, option, project_path
 from _utils.electra import SIZES, count_parameters
-from _utils.errors import install_excepthook
+from _utils.errors import ensure_writable, install_excepthook
 from _utils.pretraining import (build_electra, init_distributed, last_batch_auc, log_metrics, pick_device,
                                 pick_precision, pretraining_learner, seed_everything, seed_masking, step_dataloader)
 from _utils.text import load_tokenizer, pretraining_examples
@@ -125,7 +125,10 @@ if int(os.environ.get("RANK", 0)) == 0: print(cfg)
 # never cross documents, 10% hold one segment only, 5% get a shorter random target length. The result is cached
 # under `datasets/cache/`, keyed by corpus, tokenizer and length.
 
-rank, world_size, ddp_device = init_distributed()  # one process, unless started by torchrun / accelerate launch
+rank, world_size, ddp_device = init_distributed()  # one process, unless started by torchrun
+if rank == 0:  # fail now, not after hours of training, if the outputs cannot be written
+    ensure_writable(project_path(cfg.checkpoint_dir), '--checkpoint_dir')
+    ensure_writable(project_path(cfg.log_dir), '--log_dir')
 seed_everything(cfg.seed)
 tokenizer = load_tokenizer(cfg.tokenizer)
 examples = pretraining_examples(cfg.corpus, tokenizer, cfg.max_length, seed=cfg.seed, num_proc=cfg.num_proc or None)

@@ -32,3 +32,18 @@ def install_excepthook():
             sys.exit(2)
         default_hook(kind, value, tb)
     sys.excepthook = hook
+
+
+def ensure_writable(folder, flag):
+    """Create `folder` and check a file can be written there, before any work starts; else one clear error."""
+    import os
+    import tempfile
+    from pathlib import Path
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix='.write_test'):
+            pass
+    except OSError as e:
+        raise UserError(f"cannot write to {flag} '{folder}' ({e.strerror or e}); choose a folder you can write to "
+                        f"with {flag}") from None
+    return Path(folder)

@@ -1,6 +1,7 @@
 """Pretraining checkpoints: one self-contained file that round-trips, refuses foreign files, and exports to HF."""
 import copy
 import random
+from pathlib import Path
 
 import numpy as np
 
@@ -182,3 +183,17 @@ def test_exported_tokenizer_loads_with_the_same_vocab(tokenizer, exported):
     from transformers import AutoTokenizer
     for name in ('discriminator', 'generator'):
         assert AutoTokenizer.from_pretrained(exported / name).get_vocab() == tokenizer.get_vocab()
+
+
+def test_a_tokenizer_that_does_not_match_the_checkpoint_is_refused(tmp_path):
+    from _utils.checkpoint import load_weights
+    from _utils.pretraining import build_electra
+    tok = load_tokenizer('bundled')
+    electra = build_electra('tiny', tok, max_length=32)
+    ckpt = checkpoint.make_checkpoint(electra, tok, {'size': 'tiny'}, step=1, total_steps=2)
+    vocab = (Path(__file__).resolve().parents[1] / 'datasets' / 'vocab' / 'bert-uncased-vocab.txt').read_text().splitlines()
+    vocab[2000] = 'zzzunseen'                                  # one word piece differs
+    (tmp_path / 'vocab.txt').write_text('\n'.join(vocab) + '\n')
+    with pytest.raises(UserError, match="does not match the checkpoint"):
+        load_weights(electra, ckpt, load_tokenizer(tmp_path / 'vocab.txt'))
+    load_weights(electra, ckpt, tok)                          # the matching one is accepted

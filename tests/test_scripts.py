@@ -47,6 +47,9 @@ def test_misspelled_field_is_one_line_naming_the_closest_field():
     (['--max_length', '1024'], '--max_length must be in [8, 512]'),
     (['--size', 'smal'], "did you mean 'small'"),
     (['--corpus', './no/such/folder'], 'does not exist'),
+    (['--checkpoint_dir', '/dev/null/checkpoints'], "cannot write to --checkpoint_dir '/dev/null/checkpoints'"),
+    (['--resume', '/no/such/checkpoint.pth'], "checkpoint '/no/such/checkpoint.pth' does not exist"),
+    (['--logger', 'csv,wandb'], "unknown logger 'wandb'"),
 ])
 def test_bad_values_are_one_clear_line(args, message):
     res = run(['pretrain.py', *args])
