@@ -178,8 +178,10 @@ def plot_history(history):
     df = pd.DataFrame(history)
     fig, axes = plt.subplots(1, 3, figsize=(15, 3.5))
     df.plot(x='step', y='mlm_loss', ax=axes[0], title='generator MLM loss')
-    df.plot(x='step', y='disc_loss', ax=axes[1], title='discriminator loss')
-    axes[1].plot(df.step, [binary_entropy(r) for r in df.replaced_rate], '--', label='majority-class baseline')
+    # below 0: better than always guessing "original" (the plateau every run starts on)
+    axes[1].plot(df.step, df.disc_loss - [binary_entropy(r) for r in df.replaced_rate], label='disc_loss - baseline')
+    axes[1].axhline(0, ls='--', c='grey')
+    axes[1].set(title='discriminator loss minus the majority-class baseline', xlabel='step', ylim=(-0.03, 0.03))
     axes[1].legend()
     df.plot(x='step', y=['disc_auc', 'gen_acc', 'disc_precision', 'disc_recall'], ax=axes[2], title='accuracy, AUC')
     return fig
