@@ -469,6 +469,11 @@ class RunsLog:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             if not (append and self.path.exists()):
+                if self.path.exists():  # an earlier set of runs in the same folder: keep it, never overwrite it
+                    stamp = time.strftime('%Y%m%d-%H%M%S', time.localtime(self.path.stat().st_mtime))
+                    kept, n = self.path.with_name(f'{self.path.stem}.{stamp}.csv'), 1
+                    while kept.exists(): kept, n = self.path.with_name(f'{self.path.stem}.{stamp}-{n}.csv'), n + 1
+                    self.path.rename(kept)
                 with self.path.open('w', newline='') as f: csv.writer(f).writerow(RUN_COLUMNS)
         except OSError as e:
             self._fail(e)

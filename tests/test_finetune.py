@@ -335,3 +335,12 @@ def test_script_bad_input_is_one_line(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == ["error: unknown GLUE task 'sts-bb'; did you mean 'stsb'? known tasks: "
                                                 "CoLA, SST-2, MRPC, STS-B, QQP, MNLI, QNLI, RTE, WNLI, AX"]
+
+
+def test_a_second_set_of_runs_keeps_the_first_runs_csv(tmp_path):
+    first = ft.RunsLog(tmp_path / 'runs.csv')
+    first.append('CoLA', 0, 0, dict(epoch=1, step=10, train_loss=0.5, score=12.0, mcc=12.0, seconds=1.0))
+    ft.RunsLog(tmp_path / 'runs.csv')                            # a new set of runs in the same folder
+    kept = [p for p in tmp_path.iterdir() if p.name != 'runs.csv']
+    assert len(kept) == 1 and kept[0].name.startswith('runs.') and 'CoLA' in kept[0].read_text()
+    assert (tmp_path / 'runs.csv').read_text().count('\n') == 1  # the new file has its header only
