@@ -11,7 +11,7 @@
 #
 # This notebook is the source of `finetune.py` (regenerate it with `python -m _utils.nbscript`): the cells
 # marked `#| notebook-only` are pictures and tables that stay here. The numbers of the recipe are in
-# `../shared/RECIPE.md` ("GLUE finetuning", "GLUE test submission"); the logic lives in `_utils/finetuning.py`
+# `RECIPE.md` ("GLUE finetuning", "GLUE test submission"); the logic lives in `_utils/finetuning.py`
 # and `_utils/glue.py`.
 
 import time

@@ -9,8 +9,8 @@
 # whether it is the original or a replacement. The discriminator is the model you keep and finetune.
 #
 # This notebook is the source of `pretrain.py` (regenerate it with `python -m _utils.nbscript`): the cells
-# marked `#| notebook-only` are pictures and peeks that stay here. The numbers of the recipe are in
-# `../shared/RECIPE.md` terms throughout; the logic lives in `_utils/`.
+# marked `#| notebook-only` are pictures and peeks that stay here. The numbers of the recipe are those of
+# `RECIPE.md` (in this folder) throughout; the logic lives in `_utils/`.
 
 import os
 import warnings

@@ -18,11 +18,6 @@ from _utils.text import load_tokenizer
 
 
 @pytest.fixture(scope='module')
-def tokenizer():
-    return load_tokenizer('bundled')
-
-
-@pytest.fixture(scope='module')
 def electra(tokenizer):
     """A very small generator + discriminator over the full 30,522-token vocabulary, embeddings shared."""
     torch.manual_seed(0)

@@ -11,7 +11,6 @@ from _utils import electra as electra_module
 from _utils.electra import (ElectraLoss, ElectraOutput, discriminator_loss, electra_configs, mask_positions,
                             max_predictions_for, mlm_loss, replace_masked, sample_from_softmax)
 from _utils.pretraining import build_electra
-from _utils.text import load_tokenizer
 
 PAD, CLS, SEP, MASK = 0, 101, 102, 103
 SPECIALS = torch.tensor([PAD, CLS, SEP, MASK])
@@ -32,11 +31,6 @@ def batch(real_lengths, L=128, seed=0):
         ids[row, 0], ids[row, n - 1], ids[row, n:] = CLS, SEP, PAD
         types[row, n // 2:n] = 1
     return ids, types
-
-
-@pytest.fixture(scope='module')
-def tokenizer():
-    return load_tokenizer('bundled')
 
 
 @pytest.fixture(scope='module')
