@@ -25,8 +25,9 @@ from _utils.checkpoint import (find_checkpoint, load_checkpoint, load_weights, m
 from _utils.config import Config, option, project_path
 from _utils.electra import SIZES, count_parameters
 from _utils.errors import ensure_writable, install_excepthook
-from _utils.pretraining import (build_electra, init_distributed, last_batch_auc, log_metrics, pick_device,
-                                pick_precision, pretraining_learner, seed_everything, seed_masking, step_dataloader)
+from _utils.pretraining import (COMPILE_MODES, build_electra, init_distributed, last_batch_auc, log_metrics,
+                                pick_compile, pick_device, pick_precision, pretraining_learner, seed_everything,
+                                seed_masking, step_dataloader)
 from _utils.text import load_tokenizer, pretraining_examples
 
 install_excepthook()  # in the script, bad input gives one clear line instead of a traceback
@@ -62,6 +63,9 @@ class MyConfig(Config):
     run_name: str = option('', 'name for checkpoints and logs; empty: the preset (or size) name')
     precision: str = option('auto', 'auto: bf16 where the hardware is fast at it, else fp16 (GPU) / fp32 (CPU)',
                             choices=['auto', 'fp32', 'bf16', 'fp16'])
+    compile: str = option('auto', 'torch.compile mode for the step; auto: reduce-overhead (CUDA graphs) on one GPU, '
+                          'default on several, none on CPUs (falls back to eager if compiling fails)',
+                          choices=list(COMPILE_MODES))
     device: str = option('auto', 'auto, cpu, cuda or cuda:N')
     logger: str = option('csv,tensorboard', f"comma-separated loggers among {', '.join(LOGGERS)}, or none")
     log_every: int = option(50, 'log metrics every N steps')
@@ -155,6 +159,7 @@ print(f'ELECTRA-{cfg.size}: discriminator {count_parameters(electra.discriminato
 seed_masking(cfg.seed, rank, world_size)
 device = ddp_device or pick_device(cfg.device)
 precision = pick_precision(cfg.precision, device)
+compile_mode = pick_compile(cfg.compile, device, world_size)
 run_id = f'{cfg.run_name}_seed{cfg.seed}'
 log_dir = project_path(cfg.log_dir) / run_id
 num_workers = cfg.num_workers if cfg.num_workers >= 0 else (4 if device.type == 'cuda' else 0)
@@ -177,10 +182,12 @@ learn = pretraining_learner(electra, train_dl, lr=cfg.lr, total_steps=cfg.max_st
                             weight_decay=cfg.weight_decay, adam_eps=cfg.adam_eps, clip=cfg.clip, precision=precision,
                             device=device, generator_weight=cfg.generator_weight,
                             discriminator_weight=cfg.discriminator_weight, start_step=start_step,
-                            extra_cbs=callbacks, rank=rank, world_size=world_size)
+                            extra_cbs=callbacks, rank=rank, world_size=world_size, compile=compile_mode,
+                            metrics=metrics, progress_every=cfg.log_every)
 if resume_from: restore_training_state(learn, resume_from)  # optimizer state and random number generators
 if rank == 0:
-    print(f'Training {cfg.max_steps:,} steps of {cfg.batch_size} x {cfg.max_length} tokens on {device} ({precision})'
+    print(f'Training {cfg.max_steps:,} steps of {cfg.batch_size} x {cfg.max_length} tokens on {device} ({precision}'
+          + (f', torch.compile {compile_mode}' if compile_mode != 'none' else '') + ')'
           + (f', {world_size} processes' if world_size > 1 else '') + (f', from step {start_step:,}' if start_step else ''))
 
 learn.fit(1)

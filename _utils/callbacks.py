@@ -13,6 +13,9 @@ import torch
 from fastai.callback.core import (Callback, CancelBatchException, CancelFitException, CancelStepException,
                                  CancelValidException)
 
+from fastai.callback.progress import ProgressCallback
+from fastai.learner import AvgSmoothLoss
+
 from .optim import linear_warmup_decay
 
 
@@ -26,6 +29,42 @@ class StepCounter(Callback):
 
     def after_batch(self):
         if self.training: self.learn.step += 1
+
+
+class SmoothLossOnDevice(AvgSmoothLoss):
+    """fastai's smoothed training loss, kept on the loss's device. (fastai's copies each step's loss to the CPU,
+    which makes the CPU wait for the GPU at every step.)"""
+
+    def accumulate(self, learn):
+        self.count += 1
+        loss = learn.loss.detach().float().mean()
+        self.val = torch.lerp(loss, self.val.to(loss.device), self.beta)
+
+
+class QuietRecorder(Callback):
+    """Lets the CPU run ahead of the GPU: the Recorder smooths the loss on the device, and keeps only the newest
+    `keep` values (not one per step of a million-step run)."""
+    order = 55  # after Recorder.before_fit, which makes the lists
+
+    def __init__(self, keep=10_000): self.keep = keep
+
+    def before_fit(self):
+        from collections import deque
+        rec = self.learn.recorder
+        rec.smooth_loss = SmoothLossOnDevice(beta=rec.smooth_loss.beta)
+        rec.lrs, rec.losses = deque(maxlen=self.keep), deque(maxlen=self.keep)
+
+
+class StepProgress(ProgressCallback):
+    """fastai's progress bar, showing the smoothed loss every `every` steps (fastai reads it back at each step)."""
+    _name = 'progress'
+
+    def __init__(self, every=50): self.every = every
+
+    def after_batch(self):
+        self.pbar.update(self.iter + 1)
+        if (self.iter + 1) % self.every == 0 and hasattr(self, 'smooth_loss'):
+            self.pbar.comment = f'{self.smooth_loss.item():.4f}'
 
 
 class SkipValidation(Callback):
@@ -151,6 +190,8 @@ class Checkpointer(Callback):
         if self.save_every and step % self.save_every == 0 and step not in self.at: self.save_rolling()
 
     def save(self, path):
+        check = getattr(self.learn, 'check_finite', None)
+        if check: check()                 # never write weights made from a non-finite loss
         if self.rank == 0:
             self.last_saved = atomic_save(self.make_checkpoint(self.learn), path)
             self.saved.append(self.last_saved)
@@ -202,21 +243,48 @@ class GracefulStop(Callback):
 
 
 class NonFiniteLoss(Callback):
-    """Stops the run at the first non-finite loss, naming the step (or skips such steps when `skip=True`)."""
+    """Stops the run at the first non-finite loss, naming the step (or skips such steps when `skip=True`).
+
+    On a CPU each step's loss is checked at once. On a GPU, reading a value back waits for the GPU to finish,
+    so the check of step k's loss is made during step k+1 (the GPU is still busy with step k+1 meanwhile): a
+    non-finite loss stops the run one step later, and every checkpoint save checks first (`learn.check_finite`),
+    so bad weights are never written. `skip=True` must decide before the update, so it checks at once everywhere.
+    """
     order = 15   # after Precision.after_loss, before backward
 
     def __init__(self, skip=False): self.skip, self.skipped = skip, 0
 
+    def before_fit(self):
+        self.pending = None                        # (step, loss) whose check is deferred
+        self.learn.check_finite = self.check_pending
+
     def after_loss(self):
-        if not self.training or bool(torch.isfinite(self.learn.loss_grad)): return   # one scalar sync per step
-        step = self.learn.step + 1
+        if not self.training: return
+        step, loss = self.learn.step + 1, self.learn.loss.detach()
+        if loss.is_cuda and not self.skip:
+            self.check_pending()                   # the previous step's loss, which the GPU has (nearly) finished
+            self.pending = (step, loss)
+            return
+        if bool(torch.isfinite(loss)): return
         if self.skip:
             self.skipped += 1
             warnings.warn(f'non-finite loss at step {step}: step skipped ({self.skipped} so far)')
             raise CancelBatchException()
-        self.learn.stop_reason = (f'the loss became {float(self.learn.loss_grad)} at step {step}; stopped without '
-                                  'updating the weights. The last checkpoint on disk is intact. Try a lower --lr, '
-                                  '--precision fp32, or --skip_nonfinite to skip such steps')
+        self.stop(step, loss, applied=False)
+
+    def check_pending(self):
+        if self.pending is None: return
+        (step, loss), self.pending = self.pending, None
+        if not bool(torch.isfinite(loss)): self.stop(step, loss, applied=True)
+
+    def after_epoch(self): self.check_pending()
+
+    def stop(self, step, loss, applied):
+        what = ('its update was made in memory but nothing after step ' f'{step - 1} was saved' if applied
+                else 'stopped without updating the weights')
+        self.learn.stop_reason = (f'the loss became {float(loss)} at step {step}; {what}. The last checkpoint on '
+                                  'disk is intact. Try a lower --lr, --precision fp32, or --skip_nonfinite to skip '
+                                  'such steps')
         raise CancelFitException()
 
 

@@ -215,22 +215,22 @@ def discriminator_loss(out):
 
 @torch.no_grad()
 def step_metrics(out: ElectraOutput):
-    """Per-step numbers worth logging (RECIPE.md), as 0-d tensors (no host sync here)."""
+    """Per-step numbers worth logging (RECIPE.md), as 0-d tensors. Masks are multiplied, never used to index, so
+    nothing here waits for the GPU (boolean indexing would: its output size lives on the device)."""
     w = out.masked_weight
-    real = out.attention_mask.bool()
-    labels = out.is_replaced[real]
-    predicted = out.disc_logits[real] > 0
-    tp = (predicted & labels).sum().float()
-    m = dict(
+    real = out.attention_mask.float()                                         # (B, L)
+    labels = out.is_replaced.float() * real
+    predicted = (out.disc_logits > 0).float() * real
+    n_real, tp = real.sum(), (predicted * labels).sum()
+    return dict(
         mlm_loss=mlm_loss(out), disc_loss=discriminator_loss(out),
         gen_acc=((out.mlm_logits.argmax(-1) == out.masked_ids).float() * w).sum() / w.sum(),
         sampled_acc=((out.sampled_ids == out.masked_ids).float() * w).sum() / w.sum(),
-        disc_acc=(predicted == labels).float().mean(),
+        disc_acc=(((predicted == labels).float() * real).sum()) / n_real,
         disc_precision=tp / predicted.sum().clamp_min(1),
         disc_recall=tp / labels.sum().clamp_min(1),
-        replaced_rate=labels.float().mean(),
+        replaced_rate=labels.sum() / n_real,
     )
-    return m
 
 
 def binary_entropy(p):

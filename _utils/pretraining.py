@@ -5,11 +5,12 @@ import sys
 
 import numpy as np
 import torch
+from fastai.callback.core import Callback
 from fastai.data.core import DataLoaders
 from fastai.learner import Learner
 
-from .callbacks import (Checkpointer, ClipGradNorm, DataParallel, MetricsLogger, Precision, SkipValidation, StepCounter,
-                        WarmupLinearDecay)
+from .callbacks import (Checkpointer, ClipGradNorm, DataParallel, MetricsLogger, Precision, QuietRecorder,
+                        SkipValidation, StepCounter, StepProgress, WarmupLinearDecay)
 from .electra import ELECTRA, ElectraLoss, build_models, max_predictions_for, step_metrics
 from .errors import UserError
 from .optim import make_optimizer
@@ -71,6 +72,51 @@ def step_dataloader(examples, batch_size, max_steps, seed, start_step=0, rank=0,
                                        generator=torch.Generator().manual_seed(seed))
 
 
+class OnDevice:
+    """A loader whose batches are copied to `device` without making the CPU wait (pinned memory, non_blocking):
+    the copy is queued behind the running step, so the CPU goes on preparing the next one."""
+
+    def __init__(self, dl, device): self.dl, self.device = dl, device
+
+    def __len__(self): return len(self.dl)
+
+    def __iter__(self):
+        if self.device.type != 'cuda': yield from self.dl; return
+        for batch in self.dl: yield tuple(t.to(self.device, non_blocking=True) for t in batch)
+
+
+COMPILE_MODES = ('auto', 'none', 'default', 'reduce-overhead', 'max-autotune-no-cudagraphs', 'max-autotune')
+
+
+def pick_compile(mode, device, world_size=1):
+    """'auto': on one CUDA GPU 'reduce-overhead' (compiled kernels replayed as CUDA graphs: ELECTRA-Small's
+    kernels are so short that launching them one by one costs more than running them); with several GPUs
+    'default' (DDP's gradient hooks don't go into CUDA graphs); on CPUs none (compiling takes minutes there)."""
+    if mode == 'auto':
+        if device.type != 'cuda': return 'none'
+        return 'reduce-overhead' if world_size == 1 else 'default'
+    return mode
+
+
+class Compiled:
+    """The step's three pieces compiled with `torch.compile(mode=...)`: the ELECTRA forward (masking, generator,
+    sampling, discriminator), the loss and the logged metrics. Compilation happens at the first step; an error
+    there falls back to eager execution with a warning (torch._dynamo's `suppress_errors`), so a run never dies
+    of it. With a cudagraphs mode, each step is marked as a new CUDA graph replay."""
+
+    def __init__(self, mode): self.mode = mode
+
+    def __call__(self, electra, loss_func, metrics_fn):
+        import torch._dynamo
+        torch._dynamo.config.suppress_errors = True
+        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 32)
+        electra.compile(mode=self.mode)
+        return torch.compile(loss_func, mode=self.mode), torch.compile(metrics_fn, mode=self.mode)
+
+    @property
+    def cudagraphs(self): return self.mode in ('reduce-overhead', 'max-autotune')
+
+
 def log_metrics(out):
     """The per-step numbers (0-d tensors, averaged between logs): losses, accuracies, precision, recall, rate."""
     return step_metrics(out)
@@ -88,27 +134,41 @@ def last_batch_auc(out):
 def pretraining_learner(electra, train_dl, *, lr, total_steps, warmup_steps, weight_decay=0.01, adam_eps=1e-6,
                         adam_betas=(0.9, 0.999), clip=1.0, precision='bf16', device=torch.device('cpu'),
                         generator_weight=1.0, discriminator_weight=50.0, start_step=0, extra_cbs=(), rank=0,
-                        world_size=1):
+                        world_size=1, compile='none', metrics=None, progress_every=50):
     """A plain fastai Learner over the ELECTRA module, trained for `total_steps` optimizer steps (one 'epoch').
 
-    With `world_size` > 1 (torchrun), the model is wrapped in DDP for the fit and only rank 0 shows progress.
+    `compile`: a torch.compile mode or 'none' (see `Compiled`); it also compiles `metrics` (a MetricsLogger's
+    function). With `world_size` > 1 (torchrun), the model is wrapped in DDP for the fit and only rank 0 shows
+    progress. Nothing in the step reads a value back from the GPU, so the CPU queues work ahead of it.
     """
     electra.to(device)
     opt = make_optimizer(electra, lr=lr, weight_decay=weight_decay, betas=adam_betas, eps=adam_eps)
+    from fastai.callback.progress import ProgressCallback
     from fastai.optimizer import OptimWrapper
+    loss_func = ElectraLoss(generator_weight, discriminator_weight)
+    compiled = Compiled(compile) if compile != 'none' else None
+    if compiled:
+        loss_func, compiled_metrics = compiled(electra, loss_func, metrics.metrics_fn if metrics else step_metrics)
+        if metrics: metrics.metrics_fn = compiled_metrics
     cbs = [StepCounter(start_step), SkipValidation(), WarmupLinearDecay(lr, total_steps, warmup_steps),
-           Precision(precision, device.type), ClipGradNorm(clip), *extra_cbs]
+           Precision(precision, device.type), ClipGradNorm(clip), QuietRecorder(), *extra_cbs]
+    if compiled and compiled.cudagraphs: cbs.append(CudaGraphSteps())
     if world_size > 1: cbs.append(DataParallel([device.index] if device.type == 'cuda' else None))
-    learn = Learner(DataLoaders(train_dl, []), electra, loss_func=ElectraLoss(generator_weight, discriminator_weight),
+    learn = Learner(DataLoaders(OnDevice(train_dl, device), []), electra, loss_func=loss_func,
                     opt_func=lambda params, lr: OptimWrapper(opt=opt), lr=lr, cbs=cbs, wd_bn_bias=True,
                     train_bn=False)
+    learn.remove_cb(ProgressCallback)
+    if rank == 0: learn.add_cb(StepProgress(progress_every))
+    else: learn.logger = lambda *args: None
     learn.recorder.valid_metrics = False
     learn.total_steps = total_steps
-    if rank != 0:
-        from fastai.callback.progress import ProgressCallback
-        learn.remove_cb(ProgressCallback)
-        learn.logger = lambda *args: None
     return learn
+
+
+class CudaGraphSteps(Callback):
+    """Marks the start of each step for CUDA graph replay (torch.compile's cudagraphs modes)."""
+
+    def before_batch(self): torch.compiler.cudagraph_mark_step_begin()
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -62,6 +62,8 @@ def parse_args(argv=None):
     p.add_argument('--repeats', type=int, default=3, help='rounds of A B C ... (data: rebuilds; finetune: epochs)')
     p.add_argument('--variants', default=','.join(VARIANTS), help=f"comma list among {', '.join(VARIANTS)}")
     p.add_argument('--threads', type=int, default=0, help='torch threads per process; 0: all cores')
+    p.add_argument('--compile', default='auto', help="this project's torch.compile mode, as pretrain.py's --compile "
+                   "(auto: default mode on CUDA, none on CPU)")
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--finetune_task', default='SST-2', help='a GLUE task with a train split in datasets/glue_sample')
     p.add_argument('--finetune_batch_size', type=int, default=32, help='RECIPE.md: batch 32')
@@ -183,7 +185,7 @@ def run_ours(args, tokenizer, examples, device, precision):
     """pretrain.py's step: the Learner from `pretraining_learner`, its callbacks and a MetricsLogger (no backends)."""
     from fastai.callback.core import Callback
     from _utils.callbacks import MetricsLogger
-    from _utils.pretraining import build_electra, log_metrics, pretraining_learner
+    from _utils.pretraining import build_electra, log_metrics, pick_compile, pretraining_learner
 
     class StepTimer(Callback):
         order = 100  # after every other callback's after_batch: the step as the Learner runs it
@@ -195,7 +197,7 @@ def run_ours(args, tokenizer, examples, device, precision):
             self.ends.append(time.perf_counter())
 
         def after_batch(self):
-            synchronize(device)
+            if len(self.ends) in (args.warmup, total): synchronize(device)   # the timed block's ends only
             self.ends.append(time.perf_counter())
             self.last_loss = self.learn.loss.detach()  # no host sync here
 
@@ -205,13 +207,16 @@ def run_ours(args, tokenizer, examples, device, precision):
     with tempfile.TemporaryDirectory() as log_dir:
         logger = MetricsLogger(log_dir, log_metrics, every=50, loggers=(),
                                tokens_per_step=args.batch_size * args.max_length, total_steps=total)
+        compile_mode = pick_compile(args.compile, device)
         learn = pretraining_learner(electra, step_loader(args, examples, device, total), lr=PRETRAIN_LR,
                                     total_steps=total, warmup_steps=min(10_000, total), precision=precision,
-                                    device=device, extra_cbs=[logger, timer])
+                                    device=device, extra_cbs=[logger, timer], compile=compile_mode, metrics=logger)
         learn.fit(1)
     sampling = electra.sampling if electra.sampling != 'auto' else auto_sampling(device)
+    from torch._dynamo.utils import counters
     return timer.ends, dict(precision=precision, attention=electra.discriminator.config._attn_implementation,
-                            sampling=sampling, last_loss=float(timer.last_loss))
+                            sampling=sampling, last_loss=float(timer.last_loss), compile=compile_mode,
+                            graph_breaks={str(k): v for k, v in counters['graph_break'].items()})
 
 
 def hf_models(args, tokenizer, device):
@@ -271,9 +276,9 @@ def run_hf_baseline(args, tokenizer, examples, device, precision):
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
-        synchronize(device)
+        if len(ends) in (args.warmup, args.warmup + args.steps): synchronize(device)  # the timed block's ends
         ends.append(time.perf_counter())
-    return ends, dict(precision='fp32', attention='eager', sampling='gumbel', last_loss=float(loss))
+    return ends, dict(precision='fp32', attention='eager', sampling='gumbel', last_loss=float(loss), compile='none')
 
 
 class Logits(torch.nn.Module):
@@ -304,9 +309,10 @@ def run_electra_pytorch(args, tokenizer, examples, device, precision):
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
-        synchronize(device)
+        if len(ends) in (args.warmup, args.warmup + args.steps): synchronize(device)  # the timed block's ends
         ends.append(time.perf_counter())
-    return ends, dict(precision='fp32', attention='eager', sampling='gumbel', last_loss=float(out.loss))
+    return ends, dict(precision='fp32', attention='eager', sampling='gumbel', last_loss=float(out.loss),
+                      compile='none')
 
 
 def bench_step(args, device):
@@ -320,42 +326,80 @@ def bench_step(args, device):
                 cmd = [sys.executable, __file__, '--worker', v, '--result_file', str(out), '--size', args.size,
                        '--batch_size', str(args.batch_size), '--max_length', str(args.max_length),
                        '--device', str(device), '--steps', str(args.steps), '--warmup', str(args.warmup),
-                       '--threads', str(args.threads), '--seed', str(args.seed)]
+                       '--threads', str(args.threads), '--seed', str(args.seed), '--compile', args.compile]
                 done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
                 if done.returncode != 0 or not out.exists():
                     tail = '\n'.join((done.stdout + done.stderr).strip().splitlines()[-25:])
                     sys.exit(f'worker {v} (round {r + 1}) failed with exit code {done.returncode}:\n{tail}')
                 res = json.loads(out.read_text())
                 results[v].append(res)
-                ms = 1000 * statistics.median(res['step_s'])
-                print(f'  round {r + 1}/{args.repeats} {VARIANTS[v]:<22} {ms:9.1f} ms/step', flush=True)
+                ms = 1000 * statistics.fmean(res['step_s'])
+                print(f'  round {r + 1}/{args.repeats} {VARIANTS[v]:<22} {ms:9.1f} ms/step'
+                      + (f"; graph breaks: {res['graph_breaks']}" if res.get('graph_breaks') else ''), flush=True)
 
     tokens = args.batch_size * args.max_length
     summary = {}
     for v, rounds in results.items():
-        all_steps = [s for res in rounds for s in res['step_s']]
-        per_round = [1000 * statistics.median(res['step_s']) for res in rounds]
-        ms = 1000 * statistics.median(all_steps)
+        per_round = [1000 * statistics.fmean(res['step_s']) for res in rounds]
+        ms = statistics.median(per_round)
         summary[v] = dict(ms=ms, tokens_per_s=tokens / (ms / 1000), round_min=min(per_round), round_max=max(per_round),
                           peak=max(res['peak_mem_mb'] for res in rounds), last_loss=rounds[-1]['last_loss'],
-                          **{k: rounds[0][k] for k in ('precision', 'attention', 'sampling')})
+                          **{k: rounds[0].get(k, 'none') for k in ('precision', 'attention', 'sampling', 'compile')})
     ref = summary.get('ours')
+    flops = step_flops(args)
+    peak = peak_flops(device)
     mem = 'peak GPU MB (allocated)' if device.type == 'cuda' else 'peak RSS MB (process)'
-    headers = ['implementation', 'precision', 'attention', 'sampling', 'ms/step (median)', 'round medians',
-               'tokens/s', 'vs this project', mem, 'last loss']
-    rows = [[VARIANTS[v], s['precision'], s['attention'], s['sampling'], f"{s['ms']:.1f}",
+    headers = ['implementation', 'precision', 'attention', 'sampling', 'compile', 'ms/step (median)',
+               'round means', 'tokens/s', 'vs this project', 'model TFLOP/s', 'MFU', mem, 'last loss']
+    rows = [[VARIANTS[v], s['precision'], s['attention'], s['sampling'], s['compile'], f"{s['ms']:.1f}",
              f"{s['round_min']:.1f}-{s['round_max']:.1f}", f"{s['tokens_per_s']:,.0f}",
-             f"{s['tokens_per_s'] / ref['tokens_per_s']:.2f}x" if ref else 'n/a', f"{s['peak']:,.0f}",
+             f"{s['tokens_per_s'] / ref['tokens_per_s']:.2f}x" if ref else 'n/a',
+             f"{flops / (s['ms'] / 1000) / 1e12:.2f}",
+             f"{flops / (s['ms'] / 1000) / peak:.1%}" if peak else 'n/a', f"{s['peak']:,.0f}",
              f"{s['last_loss']:.3f}"] for v, s in summary.items()]
     title = (f'Pretraining step: ELECTRA-{args.size}, batch {args.batch_size} x length {args.max_length} '
              f'({tokens:,} tokens/step), {device}; {args.repeats} rounds x {args.steps} timed steps '
              f'(after {args.warmup} warmup) per implementation, interleaved, one process each')
-    notes = ('tokens/s = batch x length / median step time (padding included, the same for all); "vs this project" = '
+    notes = ('ms/step: the median over rounds of each round\'s mean step time, i.e. the wall time of its timed steps '
+             '/ their number, with the GPU synchronised only at the two ends (as in a training run, where the CPU '
+             'queues work ahead of the GPU). '
+             'tokens/s = batch x length / that step time (padding included, the same for all); "vs this project" = '
              "the implementation's tokens/s / this project's (>1: faster). The HF baseline and electra-pytorch compute "
-             'generator logits over the full vocabulary at all positions; this project only at the masked slots.')
+             'generator logits over the full vocabulary at all positions; this project only at the masked slots. '
+             f'Model FLOPs = {flops / 1e12:.3f} TFLOP per step for every row: the matrix products of the step as this '
+             'project computes it (forward + backward = 3 x forward; both transformers, attention, embedding '
+             'projections, generator head at the masked slots), so extra work a peer does counts against it. '
+             + (f'MFU = model FLOP/s / {peak / 1e12:.0f} TFLOP/s (dense bf16 peak of this GPU).' if peak else
+                'MFU: n/a (no peak figure for this device).'))
     if device.type == 'cpu':
         notes += ' Peak RSS is the whole process (Python, libraries, data), not just the model.'
     return title, markdown_table(headers, rows), notes
+
+
+def step_flops(args):
+    """Matrix-product FLOPs of one pretraining step as this project computes it (multiply-add = 2 FLOPs)."""
+    from _utils.electra import electra_configs, max_predictions_for
+    gen, disc = electra_configs(args.size)
+    B, L = args.batch_size, args.max_length
+    T, M = B * L, B * max_predictions_for(L, 0.15)          # tokens, masked slots
+
+    def encoder(c):
+        h, i, e = c.hidden_size, c.intermediate_size, c.embedding_size
+        layer = 2 * T * (4 * h * h + 2 * h * i) + 2 * 2 * B * L * L * h      # projections, MLP, QK^T and AV
+        return c.num_hidden_layers * layer + (2 * T * e * h if e != h else 0)  # + embeddings_project
+
+    forward = (encoder(gen) + 2 * M * (gen.hidden_size * gen.embedding_size + gen.embedding_size * gen.vocab_size)
+               + encoder(disc) + 2 * T * (disc.hidden_size ** 2 + disc.hidden_size))
+    return 3 * forward
+
+
+PEAK_BF16 = {'H100': 989e12, 'H200': 989e12, 'A100': 312e12, 'L4': 121e12, 'A10': 125e12, 'V100': 125e12}
+
+
+def peak_flops(device):
+    if device.type != 'cuda': return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_BF16.items() if k in name), None)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -449,7 +493,7 @@ def bench_finetune(args, device, precision):
 QUALITY_TOLERANCE = 0.05
 
 
-def quality_run(args, device, precision, sampling, examples, tokenizer):
+def quality_run(args, device, precision, sampling, examples, tokenizer, compile_mode='none'):
     """Train `quality_steps` steps from the same seed (same init, same batches); per-step MLM and disc losses."""
     from fastai.callback.core import Callback
     from _utils.electra import discriminator_loss, mlm_loss
@@ -470,17 +514,21 @@ def quality_run(args, device, precision, sampling, examples, tokenizer):
     rec = LossRecorder()
     steps = args.quality_steps
     learn = pretraining_learner(electra, step_loader(args, examples, device, steps), lr=PRETRAIN_LR, total_steps=steps,
-                                warmup_steps=max(1, steps // 10), precision=precision, device=device, extra_cbs=[rec])
+                                warmup_steps=max(1, steps // 10), precision=precision, device=device, extra_cbs=[rec],
+                                compile=compile_mode)
     t0 = time.perf_counter()
     with learn.no_logging(): learn.fit(1)
-    print(f'  {precision}/{sampling}: {steps} steps in {time.perf_counter() - t0:.1f} s', flush=True)
+    print(f'  {precision}/{sampling}/compile {compile_mode}: {steps} steps in {time.perf_counter() - t0:.1f} s',
+          flush=True)
     return rec
 
 
 def bench_quality(args, device, fast_precision):
     tokenizer, examples = bundled_examples(args)
     fast_sampling = auto_sampling(device)
-    fast = quality_run(args, device, fast_precision, 'auto', examples, tokenizer)
+    from _utils.pretraining import pick_compile
+    fast_compile = pick_compile(args.compile, device)
+    fast = quality_run(args, device, fast_precision, 'auto', examples, tokenizer, fast_compile)
     ref = quality_run(args, device, 'fp32', 'gumbel', examples, tokenizer)
     window = min(50, args.quality_steps)
     headers = ['loss', 'step 1 (fp32)', f'fp32 mean, last {window}', f'fast mean, last {window}', 'diff / fp32 mean',
@@ -498,7 +546,9 @@ def bench_quality(args, device, fast_precision):
     differs = []
     if fast_precision != 'fp32': differs.append(f'precision ({fast_precision} autocast vs fp32)')
     if fast_sampling != 'gumbel': differs.append(f'sampling ({fast_sampling} vs gumbel)')
-    title = (f'Quality guard: our fast path ({fast_precision}, sampling auto = {fast_sampling}) vs our plain fp32 path '
+    if fast_compile != 'none': differs.append(f'torch.compile (mode {fast_compile} vs eager)')
+    title = (f'Quality guard: our fast path ({fast_precision}, sampling auto = {fast_sampling}, compile {fast_compile}) '
+             f'vs our plain fp32 path '
              f'(fp32, gumbel sampling), ELECTRA-{args.size}, batch {args.batch_size} x {args.max_length}, '
              f'{args.quality_steps} steps from the same seed, same initialisation and batches, {device}')
     notes = ('The paths are not bitwise equal (different arithmetic or random-number use, hence different masks '

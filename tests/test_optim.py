@@ -10,30 +10,33 @@ from _utils.optim import AdamNoBiasCorrection, linear_warmup_decay, make_optimiz
 # ---------------------------------------------------------------------------------------------------------------
 # Adam without bias correction
 # ---------------------------------------------------------------------------------------------------------------
-def one_step(p0, g, lr, weight_decay, foreach, lr_scale=1.0):
+IMPLS = ['fused', 'foreach', 'loop']
+
+
+def one_step(p0, g, lr, weight_decay, impl, lr_scale=1.0):
     p = nn.Parameter(p0.clone())
     opt = AdamNoBiasCorrection([dict(params=[p], lr_scale=lr_scale)], lr=lr, betas=(0.9, 0.999), eps=1e-6,
-                               weight_decay=weight_decay, foreach=foreach)
+                               weight_decay=weight_decay, impl=impl)
     p.grad = g.clone()
     opt.step()
     return p.detach()
 
 
-@pytest.mark.parametrize('foreach', [True, False])
-def test_one_adam_step_has_no_bias_correction(foreach):
+@pytest.mark.parametrize('impl', IMPLS)
+def test_one_adam_step_has_no_bias_correction(impl):
     p0 = torch.tensor([1.0, -2.0, 0.5, 3.0], dtype=torch.float64)
     g = torch.tensor([0.1, -0.3, 2.0, 1e-4], dtype=torch.float64)
     lr, wd = 1e-3, 0.01
     m = (1 - 0.9) * g                                  # no division by (1 - 0.9^1)
     v = (1 - 0.999) * g ** 2                           # no division by (1 - 0.999^1)
     expected = p0 - lr * (m / (v.sqrt() + 1e-6) + wd * p0)
-    torch.testing.assert_close(one_step(p0, g, lr, wd, foreach), expected, rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(one_step(p0, g, lr, wd, impl), expected, rtol=1e-12, atol=1e-15)
 
 
-@pytest.mark.parametrize('foreach', [True, False])
-def test_two_adam_steps_follow_the_moving_averages(foreach):
+@pytest.mark.parametrize('impl', IMPLS)
+def test_two_adam_steps_follow_the_moving_averages(impl):
     p = nn.Parameter(torch.tensor([1.0, -2.0], dtype=torch.float64))
-    opt = AdamNoBiasCorrection([p], lr=0.1, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.0, foreach=foreach)
+    opt = AdamNoBiasCorrection([p], lr=0.1, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.0, impl=impl)
     g1, g2 = torch.tensor([0.5, -1.0], dtype=torch.float64), torch.tensor([-0.2, 0.4], dtype=torch.float64)
     expected, m, v = p.detach().clone(), 0, 0
     for g in (g1, g2):
@@ -44,15 +47,25 @@ def test_two_adam_steps_follow_the_moving_averages(foreach):
     torch.testing.assert_close(p.detach(), expected, rtol=1e-12, atol=1e-15)
 
 
-def test_foreach_and_loop_agree():
-    p0, g = torch.randn(3, 5, dtype=torch.float64), torch.randn(3, 5, dtype=torch.float64)
-    torch.testing.assert_close(one_step(p0, g, 1e-2, 0.01, True), one_step(p0, g, 1e-2, 0.01, False),
-                               rtol=1e-12, atol=1e-15)
+@pytest.mark.parametrize('impl', ['fused', 'foreach'])
+@pytest.mark.parametrize('dtype', [torch.float64, torch.float32])
+def test_fast_implementations_agree_with_the_loop(impl, dtype):
+    p0, g = torch.randn(3, 5, dtype=dtype), torch.randn(3, 5, dtype=dtype)
+    tol = dict(rtol=1e-12, atol=1e-15) if dtype == torch.float64 else dict(rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(one_step(p0, g, 1e-2, 0.01, impl), one_step(p0, g, 1e-2, 0.01, 'loop'), **tol)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')
+def test_fused_cuda_agrees_with_the_loop():
+    torch.manual_seed(0)
+    p0, g = torch.randn(300, 70), torch.randn(300, 70)
+    fused = one_step(p0.cuda(), g.cuda(), 1e-2, 0.01, 'fused').cpu()
+    torch.testing.assert_close(fused, one_step(p0, g, 1e-2, 0.01, 'loop'), rtol=1e-5, atol=1e-6)
 
 
 def test_group_lr_scale_multiplies_the_step():
     p0, g = torch.ones(3, dtype=torch.float64), torch.tensor([1.0, -1.0, 0.5], dtype=torch.float64)
-    full, half = one_step(p0, g, 1e-2, 0.0, True), one_step(p0, g, 1e-2, 0.0, True, lr_scale=0.5)
+    full, half = one_step(p0, g, 1e-2, 0.0, 'fused'), one_step(p0, g, 1e-2, 0.0, 'fused', lr_scale=0.5)
     torch.testing.assert_close(p0 - half, (p0 - full) * 0.5, rtol=1e-12, atol=1e-15)
 
 
