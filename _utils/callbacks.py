@@ -252,7 +252,9 @@ class NonFiniteLoss(Callback):
     """
     order = 15   # after Precision.after_loss, before backward
 
-    def __init__(self, skip=False): self.skip, self.skipped = skip, 0
+    def __init__(self, skip=False, deferred=None):
+        self.skip, self.skipped = skip, 0
+        self.deferred = deferred   # None: deferred on CUDA (unless skip), at once elsewhere
 
     def before_fit(self):
         self.pending = None                        # (step, loss) whose check is deferred
@@ -261,7 +263,7 @@ class NonFiniteLoss(Callback):
     def after_loss(self):
         if not self.training: return
         step, loss = self.learn.step + 1, self.learn.loss.detach()
-        if loss.is_cuda and not self.skip:
+        if (loss.is_cuda if self.deferred is None else self.deferred) and not self.skip:
             self.check_pending()                   # the previous step's loss, which the GPU has (nearly) finished
             self.pending = (step, loss)
             return

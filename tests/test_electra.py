@@ -332,3 +332,20 @@ def test_sample_takes_bf16_logits_and_gives_one_id_per_slot(method):
     assert samples.shape == (2, 19) and samples.dtype == torch.long
     assert ((0 <= samples) & (samples < V)).all()
     assert samples.unique().numel() > 19                         # 38 draws over 30,522 tokens: all but distinct
+
+
+def test_step_metrics_without_boolean_indexing_match_the_plain_definitions(tokenizer):
+    # step_metrics multiplies by masks (no device sync); check it against the obvious boolean-indexed versions
+    from _utils.electra import step_metrics
+    torch.manual_seed(0)
+    electra = build_electra('tiny', tokenizer, max_length=32)
+    ids = torch.randint(1000, 2000, (4, 32))
+    ids[:, 0], ids[:, 20], ids[:, 21:] = tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id
+    out = electra(ids, torch.zeros_like(ids))
+    m = step_metrics(out)
+    real = out.attention_mask.bool()
+    labels, predicted = out.is_replaced[real], out.disc_logits[real] > 0
+    assert torch.isclose(m['disc_acc'], (predicted == labels).float().mean())
+    assert torch.isclose(m['replaced_rate'], labels.float().mean())
+    assert torch.isclose(m['disc_precision'], (predicted & labels).sum() / predicted.sum().clamp_min(1))
+    assert torch.isclose(m['disc_recall'], (predicted & labels).sum() / labels.sum().clamp_min(1))

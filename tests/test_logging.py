@@ -71,3 +71,57 @@ def test_neptune_logs_offline_without_a_server(tmp_path, monkeypatch):
     monkeypatch.delenv('NEPTUNE_MODE', raising=False)
     train(MetricsLogger(tmp_path / 'logs', log_metrics, every=1, loggers=('neptune',), total_steps=3))
     assert list((tmp_path / '.neptune' / 'offline').glob('run__*'))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Nothing in the step reads values back from the device
+# ---------------------------------------------------------------------------------------------------------------
+class NanAt(callbacks.Callback):
+    """Makes the loss of one step non-finite (before NonFiniteLoss looks at it)."""
+    order = 12
+
+    def __init__(self, step): self.at = step
+
+    def after_loss(self):
+        if self.learn.step + 1 == self.at:
+            self.learn.loss_grad = self.learn.loss_grad * float('nan')
+            self.learn.loss = self.learn.loss_grad.clone()
+
+
+def test_a_deferred_nonfinite_check_stops_one_step_later_and_never_saves_the_bad_weights(tmp_path):
+    # On a GPU the check of step k's loss happens during step k+1; a checkpoint due at step k checks first.
+    saved = []
+    ckpt = callbacks.Checkpointer(tmp_path, 'run', 0, 4, lambda learn: saved.append(learn.step) or {'step': learn.step},
+                                  fractions=(0.25, 0.5, 1.0))
+    stop = callbacks.NonFiniteLoss(deferred=True)
+    torch.manual_seed(0)
+    electra = build_electra('tiny', TOKENIZER, max_length=16)
+    learn = pretraining_learner(electra, step_dataloader(Examples(), 4, 4, seed=0), lr=1e-3, total_steps=4,
+                                warmup_steps=1, precision='fp32', extra_cbs=[ckpt, stop, NanAt(2)])
+    learn.fit(1)
+    assert 'the loss became nan at step 2' in learn.stop_reason
+    assert saved == [1]                                   # the checkpoint due after step 2 was not written
+    assert sorted(p.name for p in tmp_path.glob('*.pth')) == ['run_seed0_25pct.pth']
+
+
+def test_an_immediate_nonfinite_check_stops_before_the_update():
+    stop = callbacks.NonFiniteLoss(deferred=False)
+    torch.manual_seed(0)
+    electra = build_electra('tiny', TOKENIZER, max_length=16)
+    learn = pretraining_learner(electra, step_dataloader(Examples(), 4, 4, seed=0), lr=1e-3, total_steps=4,
+                                warmup_steps=1, precision='fp32', extra_cbs=[stop, NanAt(2)])
+    learn.fit(1)
+    assert 'the loss became nan at step 2' in learn.stop_reason and learn.step == 1
+    assert all(torch.isfinite(p).all() for p in electra.parameters())
+
+
+def test_the_smoothed_loss_stays_on_the_device_and_the_history_is_bounded():
+    logger = MetricsLogger('/tmp/unused', log_metrics, every=1, loggers=(), total_steps=3)
+    learn = train(logger)
+    losses = [row['loss'] for row in logger.history]               # each step's loss (logged every step)
+    expected = 0.0
+    for loss in losses: expected = 0.98 * expected + 0.02 * loss   # fastai's AvgSmoothLoss, debiased below
+    expected /= 1 - 0.98 ** len(losses)
+    assert isinstance(learn.smooth_loss, torch.Tensor)
+    assert abs(float(learn.smooth_loss) - expected) < 1e-4 * abs(expected)
+    assert learn.recorder.losses.maxlen == 10_000 and len(learn.recorder.losses) == 3
