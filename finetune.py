@@ -26,11 +26,11 @@ import datasets
 from _utils.callbacks import LOGGERS
 from _utils.config import Config, option, project_path
 from _utils.electra import SIZES, count_parameters
-from _utils.errors import install_excepthook
-from _utils.finetuning import (RunsLog, classifier_from_result, finetune_task, format_table, glue_source,
-                               group_name_for, load_pretrained, load_tasks, load_test_only, missing_files_report,
-                               parse_tasks, predict_test, recipe_for, run_seeds, save_finetuned, save_summary,
-                               summarize)
+from _utils.errors import ensure_writable, install_excepthook
+from _utils.finetuning import (RunsLog, check_max_length, classifier_from_result, finetune_task, finished_runs,
+                               format_table, glue_source, group_name_for, load_pretrained, load_tasks, load_test_only,
+                               missing_files_report, parse_tasks, predict_test, recipe_for, run_settings, run_seeds,
+                               save_finetuned, save_summary, saved_best, summarize)
 from _utils.glue import write_submission
 from _utils.pretraining import pick_device, pick_precision
 
@@ -74,7 +74,11 @@ class MyConfig(Config):
     wnli: str = option('majority', "WNLI test predictions: 'majority' class (the paper) or the finetuned 'model'",
                        choices=['majority', 'model'])
     group_name: str = option('', 'folder name of this set of runs; empty: the model\'s name')
-    save_models: bool = option(True, "save each task's best run to <checkpoint_dir>/<group_name>/")
+    resume: bool = option(False, 'skip the runs that runs.csv of this group shows finished (same model, data and '
+                          'recipe, else refused) and train only the missing ones; summary and test predictions use '
+                          'all of them')
+    save_models: bool = option(True, "keep each task's best run so far in <checkpoint_dir>/<group_name>/<task>.pth, "
+                               'updated as each run ends (--resume predicts with it)')
     log_dir: str = option('logs/finetune', 'runs.csv, summaries and training logs go to <log_dir>/<group_name>/ '
                           '(relative paths: from the project folder)')
     checkpoint_dir: str = option('checkpoints/finetune', 'finetuned models go to <checkpoint_dir>/<group_name>/')
@@ -122,6 +126,7 @@ print(cfg)
 # from a fresh copy of it. The size (from the hidden width) picks the learning rate and the layer-wise decay.
 
 pretrained = load_pretrained(cfg.model, cfg.size)
+check_max_length(pretrained, cfg.max_length)
 recipe = recipe_for(pretrained.size, lr=cfg.lr, layer_lr_decay=cfg.layer_lr_decay,
                     fixed_off_by_one=cfg.fix_layer_decay, batch_size=cfg.batch_size, epochs=cfg.epochs,
                     warmup_fraction=cfg.warmup_fraction, weight_decay=cfg.weight_decay, adam_eps=cfg.adam_eps,
@@ -133,68 +138,92 @@ print(f'Model: {pretrained.source}\n  hidden {config.hidden_size}, {config.num_h
       f"({'fixed' if recipe.fixed_off_by_one else 'official'} depths), batch {recipe.batch_size}, warmup "
       f'{recipe.warmup_fraction:.0%}, weight decay {recipe.weight_decay:g}')
 
-# ## 3. The tasks
+# ## 3. Where the results go, and what is already done
+# A set of runs lives under its group name (the model's, unless `--group_name`): `runs.csv`, `settings.json` and the
+# summaries in `<log_dir>/<group>/`, each task's best run so far in `<checkpoint_dir>/<group>/<task>.pth`, the test
+# submission in `<output_dir>/<group>/`. The folders are checked now, not after hours of training. With `--resume`,
+# the runs that `runs.csv` shows finished (their last epoch is there) are not redone; they must have been made with
+# the same model, data and recipe (`settings.json`), else the command is refused.
+
+source = glue_source(cfg.glue_dir)
+group = group_name_for(pretrained, cfg.group_name)
+log_dir = ensure_writable(project_path(cfg.log_dir) / group, '--log_dir')
+model_dir = project_path(cfg.checkpoint_dir) / group
+if cfg.save_models: ensure_writable(model_dir, '--checkpoint_dir')
+output_dir = ensure_writable(project_path(cfg.output_dir) / group, '--output_dir')
+settings = run_settings(pretrained, recipe, source, cfg.dev_fraction)
+finished = finished_runs(log_dir, settings, recipe) if cfg.resume else {}  # {task: {(run, seed): RunResult}}
+
+# ## 4. The tasks
 # `[CLS] a [SEP] b [SEP]`, at most 128 tokens, a pair truncated from its longer side. A task the source lacks is
 # skipped with a notice; a task without a dev split is evaluated on a fixed 10% of its training set; MRPC and
 # STS-B training data are doubled with the two sentences swapped.
 
-source = glue_source(cfg.glue_dir)
 print(f'Data: {source}')
 data, skipped = load_tasks(cfg.task_names, source, pretrained.tokenizer, cfg.max_length, cfg.dev_fraction)
 for name, task_data in data.items():
     print(f'  {name:6} ' + ', '.join(f'{split} {n:,}' for split, n in task_data.sizes().items()) +
           f' -> {recipe.epochs_for(name)} epochs of {-(-len(task_data.train) // recipe.batch_size)} batches')
 
-# ## 4. Finetuning: `n_runs` runs per task
+# ## 5. Finetuning: `n_runs` runs per task
 # Each run: a fresh head (Xavier-uniform, zero bias) on a fresh copy of the body, Adam without bias correction,
 # lr × decay^(n+2−depth) per layer (the head gets lr, the top layer lr × 0.8², the official off-by-one), warmup
 # 10% × linear decay, clipping at 1.0, batches of similar lengths. After every epoch the dev metrics are computed
-# and appended to `runs.csv` at once. The best run of each task (by its final dev score) is kept for the test set.
+# and appended to `runs.csv` at once. The best run of each task so far (by its final dev score) is saved as soon as
+# the run ends, for the test set and for `--resume`. A run that fails is reported in one line and the others go on.
 
 device = pick_device(cfg.device)
 precision = pick_precision(cfg.precision, device)
-group = group_name_for(pretrained, cfg.group_name)
-log_dir = project_path(cfg.log_dir) / group
-runs_log = RunsLog(log_dir / 'runs.csv')
+runs_log = RunsLog(log_dir / 'runs.csv', append=cfg.resume, settings=settings)
 seeds = run_seeds(cfg.seed, cfg.n_runs)
 print(f'{len(data)} tasks x {cfg.n_runs} runs (seeds {seeds[0]}..{seeds[-1]}) on {device} ({precision}); '
-      f'every epoch\'s dev metrics -> {runs_log.path}')
+      f"every epoch's dev metrics -> {runs_log.path}{' (appended)' if cfg.resume else ''}")
 
 results = {}
 for name, task_data in data.items():
+    done, best_file = finished.get(name, {}), model_dir / f'{name}.pth'
+    save_best = (lambda run, path=best_file: save_finetuned(run, pretrained, path)) if cfg.save_models else None
     results[name] = finetune_task(task_data, pretrained, recipe, seeds, runs_log, precision, device,
                                   log_root=log_dir, loggers=cfg.loggers, log_every=cfg.log_every,
-                                  config=cfg.to_dict())
-    if cfg.save_models:
-        save_finetuned(results[name], pretrained, project_path(cfg.checkpoint_dir) / group / f'{name}.pth')
+                                  config=cfg.to_dict(), finished=done, best=saved_best(best_file, done),
+                                  on_best=save_best)
+failed = [line for result in results.values() for line in result.failed]
+skipped.update({name: 'has no run with saved weights' if result.runs else 'failed in every run'
+                for name, result in results.items() if result.best is None})
 
-# ## 5. Dev results
-# Per task, over the runs' final dev scores: the median (the paper's number), mean, std, min and max of the main
-# metric (CoLA MCC, STS-B Spearman, accuracy elsewhere; MNLI matched). The GLUE dev average is the mean of the
-# medians over the paper's 8 tasks (no WNLI): with tasks missing it is not comparable with the paper's.
+# ## 6. Dev results
+# Per task, over the runs' final dev scores (with `--resume`, the earlier runs' too): the median (the paper's
+# number), mean, std, min and max of the main metric (CoLA MCC, STS-B Spearman, accuracy elsewhere; MNLI
+# matched). The GLUE dev average is the mean of the medians over the paper's 8 tasks (no WNLI): with tasks missing
+# it is not comparable with the paper's.
 
-table, average = summarize([run for result in results.values() for run in result.runs])
+all_runs = [run for result in results.values() for run in result.runs]
+if not all_runs: raise SystemExit('every run failed (see above); nothing to summarize')
+table, average = summarize(all_runs)
 print(format_table(table))
 summary_files = save_summary(table, log_dir, title=f'GLUE dev, {pretrained.name}, {cfg.n_runs} runs per task')
 print(f"Saved {', '.join(str(p) for p in summary_files)}")
 
-# ## 6. Test submission
+# ## 7. Test submission
 # The best dev run of each task predicts its test set; the MNLI model also predicts the diagnostic set AX; WNLI
 # predicts the majority class unless `--wnli model`. The GLUE server wants all 11 files in one zip: what is
 # missing is listed.
 
 predictions = {}
 for name, result in results.items():
-    if name == 'WNLI' and cfg.wnli == 'majority': continue
+    if (name == 'WNLI' and cfg.wnli == 'majority') or result.best is None: continue
     model = classifier_from_result(result, pretrained, device)
     predictions.update(predict_test(name, model, data[name].test, precision=precision))
     if name == 'MNLI':
         predictions.update(predict_test('AX', model, load_test_only('AX', source, pretrained.tokenizer,
                                                                    cfg.max_length), precision=precision))
 wnli_test = data['WNLI'].test if 'WNLI' in data else load_test_only('WNLI', source, pretrained.tokenizer)
-submission = write_submission(predictions, project_path(cfg.output_dir) / group,
+submission = write_submission(predictions, output_dir,
                               wnli_test_indices=wnli_test['test']['idx'] if 'test' in wnli_test else None)
 print(f"Wrote {len(submission.files)} of 11 files and {submission.zip_path}")
 if submission.missing:
     print('Missing for a complete GLUE server upload:\n' + missing_files_report(submission, results, skipped))
 print(f'Done in {(time.perf_counter() - started) / 60:.1f} min')
+if failed:
+    raise SystemExit(f"{len(failed)} run{'s' * (len(failed) > 1)} failed (listed above); the others' results are "
+                     'saved: run the same command with --resume to train only the missing runs')

@@ -5,16 +5,21 @@ The facts are in RECIPE.md, "GLUE finetuning", "Optimizer and schedule" and "GLU
     + task data (bundled sample | classic folder | hub parquet)            -> `load_pretrained`, `load_task_data`
     -> n runs with distinct seeds, each a fastai Learner evaluated on dev after every epoch   -> `finetune_task`
     -> every epoch's dev metrics appended to runs.csv as they arrive                         -> `RunsLog`
+    -> each task's best run so far saved as soon as its run ends                             -> `save_finetuned`
+    -> (--resume) finished runs skipped, their best's weights read back  -> `finished_runs`, `saved_best`
     -> median / mean / std / min / max of the main metric per task, GLUE dev average         -> `summarize`
     -> the best dev run of each task predicts its test set (MNLI's also AX)                  -> `predict_test`
 """
 import contextlib
 import copy
 import csv
+import dataclasses
+import json
 import math
 import os
 import re
 import time
+import traceback
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -102,11 +107,15 @@ LOCAL_ALTERNATIVES = ("--model latest (newest checkpoint of pretrain.py), a .pth
                       "with save_pretrained, or --model random")
 
 
+RANDOM_BODY_SEED = 0  # --model random: one fixed body, whatever --seed (the runs' seeds) is
+
+
 def load_pretrained(model='latest', size='small', checkpoint_dir=CHECKPOINT_DIR):
     """The discriminator body and its tokenizer, from one of:
 
     'latest'   the newest checkpoint of pretrain.py in `checkpoint_dir`
-    'random'   a randomly initialised discriminator of `size` with the bundled tokenizer (a baseline)
+    'random'   a randomly initialised discriminator of `size` with the bundled tokenizer (a baseline; always the
+               same initialisation, so that a resumed set of runs starts from the same body)
     a .pth     a checkpoint written by pretrain.py
     a folder   a Hugging Face ELECTRA model saved with `save_pretrained` (its tokenizer in the same folder)
     a hub id   e.g. google/electra-small-discriminator (needs network)
@@ -116,7 +125,11 @@ def load_pretrained(model='latest', size='small', checkpoint_dir=CHECKPOINT_DIR)
         from .electra import electra_configs
         tokenizer = load_tokenizer('bundled')
         config = electra_configs(size, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id)[1]
-        return Pretrained(ElectraModel(config), tokenizer, f'random-{size}', f'random initialisation ({size})')
+        with torch.random.fork_rng(devices=[]):  # a fixed body, without touching the caller's random state
+            torch.manual_seed(RANDOM_BODY_SEED)
+            electra = ElectraModel(config)
+        return Pretrained(electra, tokenizer, f'random-{size}',
+                          f'random initialisation ({size}, seed {RANDOM_BODY_SEED})')
     if model == 'latest':
         return _from_checkpoint(newest_checkpoint(checkpoint_dir))
     path = Path(os.path.expanduser(model))
@@ -131,7 +144,7 @@ def _from_checkpoint(path):
     ckpt = load_checkpoint(path)
     _, discriminator = models_from_checkpoint(ckpt)
     return Pretrained(discriminator.electra, tokenizer_from_checkpoint(ckpt), Path(path).stem,
-                      f"checkpoint {path} (step {ckpt.get('step', '?')})")
+                      f"checkpoint {Path(path).resolve()} (step {ckpt.get('step', '?')})")
 
 
 def _electra_body(name_or_path):
@@ -163,7 +176,7 @@ def _from_folder(folder):
             raise UserError(f"--model folder '{folder}' has no tokenizer and its vocabulary "
                             f"({electra.config.vocab_size}) is not the bundled one ({len(tokenizer)})") from None
         print(f'{folder} has no tokenizer: using the bundled BERT uncased vocabulary (same size)')
-    return Pretrained(electra, tokenizer, folder.name, f'Hugging Face folder {folder}')
+    return Pretrained(electra, tokenizer, folder.name, f'Hugging Face folder {folder.resolve()}')
 
 
 def _from_hub(model_id):
@@ -171,12 +184,20 @@ def _from_hub(model_id):
         electra = _electra_body(model_id)
         tokenizer = load_tokenizer(model_id)
     except UserError as e:
-        raise UserError(f"cannot load '{model_id}' from the Hugging Face hub ({e}); without network give "
+        raise UserError(f"cannot load '{model_id}' from the Hugging Face hub ({e}); with no network give "
                         f"{LOCAL_ALTERNATIVES}") from e
     except Exception as e:  # offline, unknown id, not an ELECTRA model: one line with the local alternatives
-        raise UserError(f"cannot load '{model_id}' from the Hugging Face hub ({first_line(e)}); without network "
+        raise UserError(f"cannot load '{model_id}' from the Hugging Face hub ({first_line(e)}); with no network "
                         f"give {LOCAL_ALTERNATIVES}") from e
     return Pretrained(electra, tokenizer, model_id.replace('/', '_'), f'Hugging Face hub {model_id}')
+
+
+def check_max_length(pretrained, max_length):
+    """Refuse, before any training, a length the model has no position embeddings for."""
+    positions = pretrained.electra.config.max_position_embeddings
+    if max_length > positions:
+        raise UserError(f"--max_length {max_length} is above the model's {positions} positions; give --max_length "
+                        f'{positions} or less')
 
 
 def build_classifier(pretrained, task, dropout=0.1):
@@ -282,7 +303,9 @@ def load_tasks(names, source, tokenizer, max_length=128, dev_fraction=0.1, notif
         else: data[name] = loaded
     if not data:
         raise UserError(f"no task can be finetuned from {source}: " +
-                        '; '.join(f'{n} {why}' for n, why in skipped.items()))
+                        '; '.join(f'{n} {why}' for n, why in skipped.items()) +
+                        "; give a --glue_dir holding these tasks' files (the download_glue_data.py layout or the "
+                        "hub's parquet files), 'bundled', or other --tasks")
     return data, skipped
 
 
@@ -458,23 +481,30 @@ class DevMetricsToLoggers(Callback):
 METRIC_COLUMNS = ('acc', 'f1', 'mcc', 'spearman', 'pearson', 'mismatched_acc')
 RUN_COLUMNS = ('task', 'run', 'seed', 'epoch', 'step', 'train_loss', 'main_metric', 'score', *METRIC_COLUMNS,
                'seconds')
+SETTINGS_FILE = 'settings.json'  # beside runs.csv: what its runs were made with, checked by --resume
 
 
 class RunsLog:
     """runs.csv: one row per (task, run, epoch), appended and flushed as each epoch ends, so a crash keeps the rows
-    so far. A failing disk is reported once; the rows stay in `rows` and training goes on."""
+    so far. A failing disk is reported once; the rows stay in `rows` and training goes on.
 
-    def __init__(self, path, append=False):
+    A new set of runs moves an earlier runs.csv (and its settings.json) aside under its time stamp, never
+    overwriting it; `append=True` (--resume) adds to it instead. `settings` (`run_settings`) go to settings.json.
+    """
+
+    def __init__(self, path, append=False, settings=None):
         self.path, self.rows, self.failed = Path(path), [], False
+        settings_file = self.path.with_name(SETTINGS_FILE)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            if not (append and self.path.exists()):
-                if self.path.exists():  # an earlier set of runs in the same folder: keep it, never overwrite it
-                    stamp = time.strftime('%Y%m%d-%H%M%S', time.localtime(self.path.stat().st_mtime))
-                    kept, n = self.path.with_name(f'{self.path.stem}.{stamp}.csv'), 1
-                    while kept.exists(): kept, n = self.path.with_name(f'{self.path.stem}.{stamp}-{n}.csv'), n + 1
-                    self.path.rename(kept)
+            earlier = self.path.exists() and self.path.stat().st_size > 0
+            if append and earlier:
+                _end_with_newline(self.path)  # a line cut short by a crash must not swallow the next row
+            else:
+                if earlier: _keep_aside(self.path, settings_file)
                 with self.path.open('w', newline='') as f: csv.writer(f).writerow(RUN_COLUMNS)
+            if settings is not None and not (append and earlier and settings_file.exists()):
+                _write_json(settings_file, settings)
         except OSError as e:
             self._fail(e)
 
@@ -499,19 +529,133 @@ def _cell(value):
     return f'{value:.6g}' if isinstance(value, float) else value
 
 
+def _keep_aside(*paths):
+    """runs.csv -> runs.<time stamp>.csv (settings.json likewise, same stamp), never over an existing file."""
+    stamp = time.strftime('%Y%m%d-%H%M%S', time.localtime(paths[0].stat().st_mtime))
+    aside = lambda p, tag: p.with_name(f'{p.stem}.{tag}{p.suffix}')
+    tag, n = stamp, 1
+    while any(aside(p, tag).exists() for p in paths): tag, n = f'{stamp}-{n}', n + 1
+    for p in paths:
+        if p.exists(): p.rename(aside(p, tag))
+
+
+def _end_with_newline(path):
+    with open(path, 'rb+') as f:
+        f.seek(-1, os.SEEK_END)
+        if f.read(1) != b'\n': f.write(b'\n')
+
+
+def _write_json(path, obj):
+    tmp = path.with_name(f'.{path.name}.tmp{os.getpid()}')
+    tmp.write_text(json.dumps(obj, indent=1) + '\n')
+    os.replace(tmp, path)
+
+
+def run_settings(pretrained, recipe, source, dev_fraction):
+    """What decides a run's numbers besides its seed: the model, the data and the recipe. Runs resumed into a set
+    must have been made with the same, or their scores would not be comparable."""
+    return dict(model=pretrained.source, data=str(source), dev_fraction=dev_fraction, **dataclasses.asdict(recipe))
+
+
+def finished_runs(log_dir, settings, recipe, notify=print):
+    """For --resume: the runs in `log_dir`/runs.csv that reached their last epoch, {task: {(run, seed): RunResult}}.
+
+    Refuses in one line when they were made with other `settings` (see `run_settings`).
+    """
+    log_dir = Path(log_dir)
+    runs_csv = log_dir / 'runs.csv'
+    if not runs_csv.is_file() or runs_csv.stat().st_size == 0:
+        notify(f'--resume: no runs in {runs_csv} yet: every run is trained')
+        return {}
+    _check_settings(log_dir / SETTINGS_FILE, settings, notify)
+    finished = {}
+    for run in read_runs(runs_csv):
+        if run.final['epoch'] == recipe.epochs_for(run.task):
+            finished.setdefault(run.task, {})[(run.run, run.seed)] = run
+    return finished
+
+
+def _check_settings(path, settings, notify):
+    if not path.is_file():
+        notify(f'--resume: no {path} (written by an older version?): the earlier runs\' settings are not checked')
+        return
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f'--resume: cannot read {path} ({e}); drop --resume to start a new set of runs') from None
+    now = json.loads(json.dumps(settings))  # as saved: tuples become lists
+    changed = [f'{k} {saved.get(k)!r} -> {now.get(k)!r}' for k in [*now, *(k for k in saved if k not in now)]
+               if saved.get(k) != now.get(k)]
+    if changed:
+        raise UserError(f"--resume: the runs in {path.parent} were made with other settings ({'; '.join(changed)}); "
+                        'drop --resume to start a new set of runs there (the old runs.csv is kept aside), or give '
+                        'a new --group_name')
+
+
+def read_runs(path):
+    """runs.csv -> RunResults, one per (task, run, seed), with the last row of each epoch (a run redone after an
+    interruption appends its epochs again). A row cut short by a crash is ignored."""
+    try:
+        with open(path, newline='') as f:
+            reader = csv.DictReader(f)
+            rows = list(reader)
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise UserError(f'--resume: cannot read {path} ({e}); drop --resume to start a new set of runs') from None
+    missing = [c for c in RUN_COLUMNS if c not in (reader.fieldnames or ())]
+    if missing:
+        raise UserError(f"--resume: {path} has no column {', '.join(missing)} (another version wrote it); drop "
+                        '--resume to start a new set of runs')
+    epochs_of = {}
+    for row in rows:
+        try:
+            key = (task_by_name(row['task']).name, int(row['run']), int(row['seed']))
+            epoch = _history_row(row)
+        except (TypeError, ValueError, UserError):
+            continue
+        epochs_of.setdefault(key, {})[epoch['epoch']] = epoch
+    return [RunResult(*key, [epochs[e] for e in sorted(epochs)]) for key, epochs in epochs_of.items()]
+
+
+def _history_row(row):
+    """A runs.csv row -> the row `DevEvaluation` made: numbers, no empty metric cells. Raises if cut short."""
+    if row.get('seconds') in (None, ''): raise ValueError('incomplete row')  # the last column: the row is whole
+    out = dict(epoch=int(row['epoch']), step=int(row['step']), train_loss=float(row['train_loss']))
+    out.update({m: float(row[m]) for m in METRIC_COLUMNS if row.get(m) not in (None, '')})
+    out.update(score=float(row['score']), seconds=float(row['seconds']))
+    return out
+
+
 @dataclass
 class TaskResult:
     task: str
-    runs: list          # RunResult of every run, without weights
-    best: RunResult     # the run with the best final dev score, with its weights
+    runs: list                  # RunResult of every finished run, earlier ones (--resume) included, without weights
+    best: RunResult | None      # the best finished run that has weights; None when every run failed
+    failed: list = field(default_factory=list)  # one line per run that failed
 
 
 def finetune_task(data, pretrained, recipe, seeds, runs_log=None, precision='fp32', device=torch.device('cpu'),
-                  log_root=None, loggers=('csv', 'tensorboard'), log_every=50, config=None, verbose=True):
-    """One run per seed; every epoch's dev metrics go to `runs_log` as they arrive. Keeps the best run's weights."""
-    task = data.task
-    runs, best = [], None
+                  log_root=None, loggers=('csv', 'tensorboard'), log_every=50, config=None, verbose=True,
+                  finished=None, best=None, on_best=None, notify=print):
+    """One run per seed; every epoch's dev metrics go to `runs_log` as they arrive. Keeps the best run's weights.
+
+    `finished` {(run, seed): RunResult}: runs an earlier invocation finished (--resume): counted, not redone.
+    `best`: the best of them with its weights (`saved_best`), for the new runs to beat. `on_best(run)` is called
+    whenever a run becomes the best so far (the script saves it at once). A run that fails is reported in one
+    line and the other runs go on.
+    """
+    task, finished = data.task, finished or {}
+    if best is not None and (best.run, best.seed) not in set(enumerate(seeds)):
+        best = None  # a run outside this plan (--n_runs or --seed changed): neither in the summary nor predicting
+    done = [run for run, seed in enumerate(seeds) if (run, seed) in finished]
+    if done:
+        notify(f"{task.name}: run {', '.join(str(run + 1) for run in done)} of {len(seeds)} already finished "
+               '(in runs.csv): skipped')
+    runs, failed = [], []
     for run, seed in enumerate(seeds):
+        if (run, seed) in finished:
+            runs.append(finished[(run, seed)])
+            continue
+
         def on_epoch(row, run=run, seed=seed):
             if runs_log is not None: runs_log.append(task, run, seed, row)
             if verbose:
@@ -520,31 +664,92 @@ def finetune_task(data, pretrained, recipe, seeds, runs_log=None, precision='fp3
                       f"{task.main_metric} {row['score']:.2f}{' (' + others + ')' if others else ''}, "
                       f"train loss {row['train_loss']:.4f}, {row['seconds']:.1f} s")
         log_dir = Path(log_root) / f'{slug(task.name)}_run{run}_seed{seed}' if log_root else None
-        result = finetune_run(data, pretrained, recipe, seed, run, precision, device, log_dir, loggers, log_every,
-                              on_epoch, config)
+        try:
+            result = finetune_run(data, pretrained, recipe, seed, run, precision, device, log_dir, loggers, log_every,
+                                  on_epoch, config)
+        except Exception as e:  # out of memory, a bad batch...: the other runs and tasks still count
+            failed.append(_run_failed(task, run, seed, len(seeds), e, log_dir))
+            notify(failed[-1] + '; the other runs go on')
+            continue
+        runs.append(RunResult(result.task, run, seed, result.history))
         if best is None or result.score > best.score:
             best = result
-        runs.append(RunResult(result.task, run, seed, result.history))
-    return TaskResult(task.name, runs, best)
+            if on_best is not None:
+                try: on_best(best)
+                except OSError as e:
+                    notify(f'{task.name}: cannot save its best run so far ({e}); the test predictions still use it, '
+                           'a later --resume cannot')
+    top = max(runs, key=lambda r: r.score, default=None)
+    if top is not None and (best is None or top.score > best.score):  # e.g. resumed after --save_models false
+        instead = f'run {best.run + 1} (seed {best.seed}) predicts the test set' if best else 'no test predictions'
+        notify(f'{task.name}: the best dev run (run {top.run + 1}, seed {top.seed}) has no saved weights; {instead}')
+    return TaskResult(task.name, runs, best, failed)
 
 
-def save_finetuned(result, pretrained, path):
-    """The best run's classifier weights, with what is needed to rebuild it (`load_finetuned`)."""
-    return atomic_save(dict(task=result.task, seed=result.best.seed, dev=result.best.final,
+def _run_failed(task, run, seed, n_runs, error, log_dir):
+    """One line naming the run and the error; the full traceback goes to the run's log folder."""
+    where = ''
+    if log_dir is not None:
+        try:
+            Path(log_dir).mkdir(parents=True, exist_ok=True)
+            (Path(log_dir) / 'error.txt').write_text(''.join(traceback.format_exception(error)))
+            where = f' (traceback in {Path(log_dir) / "error.txt"})'
+        except OSError:
+            pass
+    return (f'{task.name} run {run + 1}/{n_runs} (seed {seed}) failed: {type(error).__name__}: '
+            f'{first_line(error)}{where}')
+
+
+FINETUNED_FORMAT = 'electra-fastai-finetuned/1'
+
+
+def save_finetuned(run, pretrained, path):
+    """A run's classifier weights (a RunResult with `state_dict`), with what rebuilds it (`load_finetuned`) and what
+    recognises it when resuming (task, run, seed, dev scores). Plain values and tensors only: it loads with
+    torch.load(weights_only=True). Written to a temporary file, then renamed."""
+    dev = {k: v.item() if hasattr(v, 'item') else v for k, v in run.final.items()}  # numpy scalars -> plain
+    return atomic_save(dict(format=FINETUNED_FORMAT, task=run.task, run=run.run, seed=run.seed, dev=dev,
                             electra_config=pretrained.electra.config.to_dict(),
                             tokenizer=pretrained.tokenizer.backend_tokenizer.to_str(),
-                            state_dict=result.best.state_dict), path)
+                            state_dict=run.state_dict), path)
+
+
+def read_finetuned(path):
+    """The dict `save_finetuned` wrote, refusing truncated or foreign files with one clear line."""
+    try:
+        saved = torch.load(path, map_location='cpu', weights_only=True)  # never runs code from the file
+    except Exception as e:
+        raise UserError(f"'{path}' cannot be read (truncated or not a torch file: {first_line(e)[:120]}); "
+                        'finetune again or give another file') from None
+    if not isinstance(saved, dict) or not {'task', 'electra_config', 'tokenizer', 'state_dict'} <= saved.keys():
+        raise UserError(f"'{path}' is not a finetuned model of this project (finetune.py writes them to "
+                        'checkpoints/finetune/)')
+    return saved
 
 
 def load_finetuned(path):
-    """(ElectraClassifier, tokenizer) from a file of `save_finetuned`."""
+    """(ElectraClassifier, tokenizer) from a file of `save_finetuned` (older files without 'format' load too)."""
     from tokenizers import Tokenizer
     from transformers import ElectraConfig, ElectraModel, ElectraTokenizerFast
-    saved = torch.load(path, map_location='cpu', weights_only=False)
+    saved = read_finetuned(path)
     model = ElectraClassifier(ElectraModel(ElectraConfig.from_dict(saved['electra_config'])),
                               task_by_name(saved['task']).n_outputs)
     model.load_state_dict(saved['state_dict'])
     return model, ElectraTokenizerFast(tokenizer_object=Tokenizer.from_str(saved['tokenizer']))
+
+
+def saved_best(path, finished):
+    """For --resume: the run whose weights `save_finetuned` left at `path`, with them, if it is one of the
+    `finished` runs ({(run, seed): RunResult}, same dev score); else None (absent, unreadable or another run's)."""
+    if not Path(path).is_file(): return None
+    try:
+        saved = read_finetuned(path)
+        run = finished.get((saved.get('run'), saved.get('seed')))
+        if run is None or not math.isclose(run.score, float(saved['dev']['score']), rel_tol=1e-4, abs_tol=1e-4):
+            return None
+    except (UserError, KeyError, TypeError, ValueError):
+        return None
+    return dataclasses.replace(run, state_dict=saved['state_dict'])
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -558,9 +763,7 @@ def summarize(runs):
     Returns (DataFrame indexed by task, GlueAverage).
     """
     import pandas as pd
-    df = runs if isinstance(runs, pd.DataFrame) else pd.DataFrame(
-        [dict(task=r.task, run=r.run, seed=r.seed, **r.final) for r in runs])
-    final = df.sort_values('epoch').groupby(['task', 'run']).tail(1)
+    final = final_rows(runs)
     rows = {}
     for name in [t for t in TASKS if t in set(final.task)]:
         scores = final[final.task == name]
@@ -581,6 +784,14 @@ def summarize(runs):
                                      std=math.nan, min=math.nan, max=math.nan, best_seed=math.nan,
                                      **{'other (median)': _average_note(average)})
     return table, average
+
+
+def final_rows(runs):
+    """Each run's last epoch as a DataFrame row, from RunResults or from the rows of runs.csv (a DataFrame)."""
+    import pandas as pd
+    if not isinstance(runs, pd.DataFrame):
+        return pd.DataFrame([dict(task=r.task, run=r.run, seed=r.seed, **r.final) for r in runs])
+    return runs.sort_values('epoch', kind='stable').groupby(['task', 'run', 'seed']).tail(1)
 
 
 def _average_note(average):
@@ -619,10 +830,11 @@ def save_summary(table, out_dir, title=''):
     return out_dir / 'summary.csv', out_dir / 'summary.md'
 
 
-def plot_runs(runs_df, ax=None):
-    """Each run's final dev score per task (dots) and the median (bar): the spread over seeds."""
+def plot_runs(runs, ax=None):
+    """Each run's final dev score per task (dots) and the median (bar): the spread over seeds. `runs`: RunResults,
+    or the rows of runs.csv as a DataFrame."""
     import matplotlib.pyplot as plt
-    final = runs_df.sort_values('epoch').groupby(['task', 'run']).tail(1)
+    final = final_rows(runs)
     tasks = [t for t in TASKS if t in set(final.task)]
     ax = ax or plt.subplots(figsize=(1.4 * len(tasks) + 2, 3.5))[1]
     for i, name in enumerate(tasks):

@@ -266,8 +266,8 @@ def load_glue_hub(task, parquet_dir=None, splits=None, required=(), cache_dir=No
             raw = datasets.load_dataset(HUB_DATASET, task.hub_config, cache_dir=cache_dir)
         except Exception as e:  # offline, hub down, ...: one line, with the local alternative
             raise UserError(f'cannot load {HUB_DATASET} ({task.hub_config}) from the Hugging Face hub '
-                            f'({first_line(e)}); without network give --glue_dir, a folder in the classic '
-                            'download_glue_data.py layout') from e
+                            f'({first_line(e)}); with no network give --glue_dir bundled or a folder in the '
+                            'classic download_glue_data.py layout') from e
         raw = {split: raw[hub_split(split)] for split in wanted if hub_split(split) in raw}
         where = {split: f'{HUB_DATASET}/{task.hub_config}/{hub_split(split)}' for split in raw}
     else:
