@@ -31,8 +31,8 @@ from fastai.data.core import DataLoaders
 from fastai.learner import Learner
 from fastai.optimizer import OptimWrapper
 
-from .callbacks import ClipGradNorm, MetricsLogger, Precision, SkipValidation, StepCounter, WarmupLinearDecay, \
-    atomic_save, autocast_dtype
+from .callbacks import (ClipGradNorm, MetricsLogger, Precision, QuietRecorder, SkipValidation, StepCounter,
+                        WarmupLinearDecay, atomic_save, autocast_dtype)
 from .checkpoint import CHECKPOINT_DIR, load_checkpoint, models_from_checkpoint, newest_checkpoint, \
     tokenizer_from_checkpoint
 from .errors import UserError
@@ -40,7 +40,7 @@ from .glue import (BUNDLED_GLUE_DIR, GLUE_AVERAGE_TASKS, SUBMISSION_FILES, TASKS
                    compute_metrics, double_with_swapped, encode, glue_average, glue_dataloader, load_glue_hub,
                    load_glue_tsv, loss_for, main_score, predictions_from_logits, split_off_dev, task_by_name)
 from .optim import make_optimizer
-from .pretraining import seed_everything
+from .pretraining import OnDevice, seed_everything
 from .text import first_line, load_tokenizer, slug
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -405,8 +405,9 @@ def finetuning_learner(model, train_dl, task, recipe, n_layers, epochs, precisio
     total_steps = epochs * len(train_dl)
     warmup_steps = int(recipe.warmup_fraction * total_steps)
     cbs = [StepCounter(), SkipValidation(), WarmupLinearDecay(recipe.lr, total_steps, warmup_steps),
-           Precision(precision, device.type), ClipGradNorm(recipe.clip), *extra_cbs]
-    learn = Learner(DataLoaders(train_dl, []), model, loss_func=loss_for(task),
+           Precision(precision, device.type), ClipGradNorm(recipe.clip), QuietRecorder(), *extra_cbs]
+    # As in pretraining, nothing in a step waits for the GPU: batches copied without blocking, loss kept there
+    learn = Learner(DataLoaders(OnDevice(train_dl, device), []), model, loss_func=loss_for(task),
                     opt_func=lambda params, lr: OptimWrapper(opt=opt), lr=recipe.lr, cbs=cbs, wd_bn_bias=True,
                     train_bn=False)
     learn.recorder.valid_metrics = False
