@@ -57,7 +57,7 @@ class QuietRecorder(Callback):
 
 class StepProgress(ProgressCallback):
     """fastai's progress bar, showing the smoothed loss every `every` steps (fastai reads it back at each step)."""
-    _name = 'progress'
+    name = 'progress'  # takes ProgressCallback's place: learn.progress, learn.no_bar()
 
     def __init__(self, every=50): self.every = every
 

@@ -517,7 +517,7 @@ def quality_run(args, device, precision, sampling, examples, tokenizer, compile_
                                 warmup_steps=max(1, steps // 10), precision=precision, device=device, extra_cbs=[rec],
                                 compile=compile_mode)
     t0 = time.perf_counter()
-    with learn.no_logging(): learn.fit(1)
+    with learn.no_logging(), learn.no_bar(): learn.fit(1)
     print(f'  {precision}/{sampling}/compile {compile_mode}: {steps} steps in {time.perf_counter() - t0:.1f} s',
           flush=True)
     return rec

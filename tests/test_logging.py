@@ -125,3 +125,14 @@ def test_the_smoothed_loss_stays_on_the_device_and_the_history_is_bounded():
     assert isinstance(learn.smooth_loss, torch.Tensor)
     assert abs(float(learn.smooth_loss) - expected) < 1e-4 * abs(expected)
     assert learn.recorder.losses.maxlen == 10_000 and len(learn.recorder.losses) == 3
+
+
+def test_the_progress_bar_that_reads_the_loss_every_n_steps_is_the_learners_progress_bar():
+    from _utils.callbacks import StepProgress
+    electra = build_electra('tiny', TOKENIZER, max_length=16)
+    learn = pretraining_learner(electra, step_dataloader(Examples(), 4, 2, seed=0), lr=1e-3, total_steps=2,
+                                warmup_steps=1, precision='fp32', progress_every=7)
+    assert isinstance(learn.progress, StepProgress) and learn.progress.every == 7
+    assert sum(isinstance(cb, callbacks.ProgressCallback) for cb in learn.cbs) == 1
+    with learn.no_bar():
+        assert not any(isinstance(cb, callbacks.ProgressCallback) for cb in learn.cbs)
