@@ -177,14 +177,14 @@ checkpointer = Checkpointer(project_path(cfg.checkpoint_dir), cfg.run_name, cfg.
 metrics = MetricsLogger(log_dir, log_metrics, cfg.log_every, cfg.loggers, cfg.batch_size * cfg.max_length,
                         run_name=run_id, config=cfg.to_dict(), total_steps=cfg.max_steps, rank=rank,
                         snapshot_fn=last_batch_auc)
-callbacks = [checkpointer, metrics, GracefulStop(checkpointer), NonFiniteLoss(skip=cfg.skip_nonfinite)]
+callbacks = [checkpointer, metrics, GracefulStop(checkpointer, world_size), NonFiniteLoss(skip=cfg.skip_nonfinite)]
 learn = pretraining_learner(electra, train_dl, lr=cfg.lr, total_steps=cfg.max_steps, warmup_steps=cfg.warmup_steps,
                             weight_decay=cfg.weight_decay, adam_eps=cfg.adam_eps, clip=cfg.clip, precision=precision,
                             device=device, generator_weight=cfg.generator_weight,
                             discriminator_weight=cfg.discriminator_weight, start_step=start_step,
                             extra_cbs=callbacks, rank=rank, world_size=world_size, compile=compile_mode,
                             metrics=metrics, progress_every=cfg.log_every)
-if resume_from: restore_training_state(learn, resume_from)  # optimizer state and random number generators
+if resume_from: restore_training_state(learn, resume_from, rank, world_size)  # optimizer, random generators
 if rank == 0:
     print(f'Training {cfg.max_steps:,} steps of {cfg.batch_size} x {cfg.max_length} tokens on {device} ({precision}'
           + (f', torch.compile {compile_mode}' if compile_mode != 'none' else '') + ')'

@@ -192,8 +192,12 @@ class Checkpointer(Callback):
     def save(self, path):
         check = getattr(self.learn, 'check_finite', None)
         if check: check()                 # never write weights made from a non-finite loss
+        from .checkpoint import all_ranks_rng_state
+        rng_per_rank = all_ranks_rng_state()  # with several processes: every rank's random state (all take part)
         if self.rank == 0:
-            self.last_saved = atomic_save(self.make_checkpoint(self.learn), path)
+            ckpt = self.make_checkpoint(self.learn)
+            if rng_per_rank is not None: ckpt['rng_per_rank'] = rng_per_rank
+            self.last_saved = atomic_save(ckpt, path)
             self.saved.append(self.last_saved)
         return path
 
@@ -213,7 +217,8 @@ class GracefulStop(Callback):
     """
     order = 65
 
-    def __init__(self, checkpointer): self.checkpointer = checkpointer
+    def __init__(self, checkpointer, world_size=1, agree_every=10):
+        self.checkpointer, self.world_size, self.agree_every = checkpointer, world_size, agree_every
 
     def before_fit(self):
         import signal
@@ -231,11 +236,22 @@ class GracefulStop(Callback):
         self.signal_name = signal.Signals(signum).name
 
     def after_batch(self):
-        if self.signal_name is None or not self.training: return
+        if not self.training or not self.stop_now(): return
         path = self.checkpointer.save_rolling()
         self.learn.stop_reason = (f'{self.signal_name} at step {self.learn.step}: saved {path}\n'
                                   f'Resume with: python pretrain.py --resume {path}')
         raise CancelFitException()
+
+    def stop_now(self):
+        """One process: at once. Several: every `agree_every` steps the ranks agree (any rank signalled -> all
+        stop at the same step), since a rank that stopped alone would leave the others waiting for it."""
+        if self.world_size == 1: return self.signal_name is not None
+        if self.learn.step % self.agree_every: return False
+        import torch.distributed as dist
+        flag = torch.tensor([float(self.signal_name is not None)], device=next(self.learn.model.parameters()).device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        if flag.item() and self.signal_name is None: self.signal_name = 'a signal to another process'
+        return bool(flag.item())
 
     def after_fit(self):
         import signal

@@ -4,6 +4,7 @@
      generator, discriminator (state dicts), optimizer, rng}
 """
 import random
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,16 @@ def rng_state():
                  torch=torch.get_rng_state())
     if torch.cuda.is_available(): state['cuda'] = torch.cuda.get_rng_state_all()
     return state
+
+
+def all_ranks_rng_state():
+    """Every process's random state, a list indexed by rank, when several processes train together (None for
+    one). A collective call: every rank must make it at the same point."""
+    import torch.distributed as dist
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1: return None
+    states = [None] * dist.get_world_size()
+    dist.all_gather_object(states, rng_state())
+    return states
 
 
 def set_rng_state(state):
@@ -123,8 +134,20 @@ def load_weights(electra, ckpt, tokenizer=None):
                         'resume with the size the run was trained with') from None
 
 
-def restore_training_state(learn, ckpt):
-    """Optimizer state and random number generators, so that the run continues exactly where it stopped."""
+def restore_training_state(learn, ckpt, rank=0, world_size=1):
+    """Optimizer state and random number generators, so that the run continues exactly where it stopped.
+
+    With several processes each rank gets its own saved random state back. A checkpoint made with another number
+    of processes cannot continue exactly: rank 0 takes the saved state, the others a seed of their own."""
     if learn.opt is None: learn.create_opt()
     learn.opt.opt.load_state_dict(ckpt['optimizer'])
+    per_rank = ckpt.get('rng_per_rank')
+    if per_rank is not None and len(per_rank) == world_size:
+        set_rng_state(per_rank[rank])
+        return
     set_rng_state(ckpt['rng'])
+    if world_size > 1:
+        if rank == 0:
+            warnings.warn(f"the checkpoint was made by {len(per_rank) if per_rank else 1} process(es), this run has "
+                          f'{world_size}: the data order continues exactly, the masking random streams do not')
+        torch.manual_seed(int(ckpt.get('config', {}).get('seed', 0)) + 1_000_003 * rank + int(ckpt.get('step', 0)))

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -15,13 +17,17 @@ def free_port():
         return s.getsockname()[1]
 
 
-def test_two_processes_keep_identical_weights_see_different_data_and_only_rank0_writes(tmp_path):
+def torchrun(out, *args):
     env = {**os.environ, 'OMP_NUM_THREADS': '1'}
     res = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2',
                           '--master_addr', '127.0.0.1', '--master_port', str(free_port()),
-                          str(ROOT / 'tests' / 'ddp_worker.py'), str(tmp_path)],
+                          str(ROOT / 'tests' / 'ddp_worker.py'), str(out), *args],
                          cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
     assert res.returncode == 0, res.stderr[-3000:]
+
+
+def test_two_processes_keep_identical_weights_see_different_data_and_only_rank0_writes(tmp_path):
+    torchrun(tmp_path)
     r0, r1 = (json.loads((tmp_path / f'rank{r}.json').read_text()) for r in (0, 1))
     assert r0['world_size'] == r1['world_size'] == 2 and r0['steps'] == r1['steps'] == 3
     assert r0['weights_sha'] == r1['weights_sha']                      # identical weights after 3 steps
@@ -31,3 +37,22 @@ def test_two_processes_keep_identical_weights_see_different_data_and_only_rank0_
     assert not (tmp_path / 'checkpoint_written_by_rank1').exists()
     assert [p.name for p in (tmp_path / 'ckpt').iterdir()] == ['ddp_seed0_100pct.pth']
     assert (tmp_path / 'logs' / 'metrics.csv').exists()
+
+
+def test_each_rank_resumes_with_its_own_random_state(tmp_path):
+    torchrun(tmp_path)
+    ckpt = torch.load(tmp_path / 'ckpt' / 'ddp_seed0_100pct.pth', weights_only=True)
+    saved = [state['torch'] for state in ckpt['rng_per_rank']]
+    assert len(saved) == 2 and not torch.equal(saved[0], saved[1])   # each rank masks with its own stream
+    torchrun(tmp_path, 'resume')
+    for rank in (0, 1):
+        restored = json.loads((tmp_path / f'resumed_rank{rank}.json').read_text())['torch_rng']
+        assert restored == saved[rank].tolist()
+
+
+def test_a_signal_to_one_rank_stops_both_at_the_same_step_with_one_checkpoint(tmp_path):
+    torchrun(tmp_path, 'stop')
+    r0, r1 = (json.loads((tmp_path / f'rank{r}.json').read_text()) for r in (0, 1))
+    assert r0['steps'] == r1['steps'] == 1 and r0['weights_sha'] == r1['weights_sha']
+    assert 'at step 1' in r0['stop_reason'] and 'at step 1' in r1['stop_reason']
+    assert [p.name for p in (tmp_path / 'ckpt').iterdir()] == ['ddp_seed0_step1.pth']
