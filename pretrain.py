@@ -177,7 +177,8 @@ checkpointer = Checkpointer(project_path(cfg.checkpoint_dir), cfg.run_name, cfg.
 metrics = MetricsLogger(log_dir, log_metrics, cfg.log_every, cfg.loggers, cfg.batch_size * cfg.max_length,
                         run_name=run_id, config=cfg.to_dict(), total_steps=cfg.max_steps, rank=rank,
                         snapshot_fn=last_batch_auc)
-callbacks = [checkpointer, metrics, GracefulStop(checkpointer, world_size), NonFiniteLoss(skip=cfg.skip_nonfinite)]
+callbacks = [checkpointer, metrics, GracefulStop(checkpointer, world_size),
+             NonFiniteLoss(skip=cfg.skip_nonfinite, world_size=world_size)]
 learn = pretraining_learner(electra, train_dl, lr=cfg.lr, total_steps=cfg.max_steps, warmup_steps=cfg.warmup_steps,
                             weight_decay=cfg.weight_decay, adam_eps=cfg.adam_eps, clip=cfg.clip, precision=precision,
                             device=device, generator_weight=cfg.generator_weight,

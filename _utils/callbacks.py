@@ -265,42 +265,50 @@ class NonFiniteLoss(Callback):
     so the check of step k's loss is made during step k+1 (the GPU is still busy with step k+1 meanwhile): a
     non-finite loss stops the run one step later, and every checkpoint save checks first (`learn.check_finite`),
     so bad weights are never written. `skip=True` must decide before the update, so it checks at once everywhere.
+    With several processes the global gradient norm is checked instead of the loss: after DDP's averaging it is
+    the same number on every rank, so all ranks stop (or skip) together, where a rank stopping alone would hang.
     """
-    order = 15   # after Precision.after_loss, before backward
+    order = 25   # after_loss: after Precision's; before_step: after ClipGradNorm's, which computes learn.grad_norm
 
-    def __init__(self, skip=False, deferred=None):
-        self.skip, self.skipped = skip, 0
+    def __init__(self, skip=False, deferred=None, world_size=1):
+        self.skip, self.skipped, self.world_size = skip, 0, world_size
         self.deferred = deferred   # None: deferred on CUDA (unless skip), at once elsewhere
 
     def before_fit(self):
-        self.pending = None                        # (step, loss) whose check is deferred
+        self.pending = None                        # (step, value) whose check is deferred
         self.learn.check_finite = self.check_pending
 
     def after_loss(self):
-        if not self.training: return
-        step, loss = self.learn.step + 1, self.learn.loss.detach()
-        if (loss.is_cuda if self.deferred is None else self.deferred) and not self.skip:
-            self.check_pending()                   # the previous step's loss, which the GPU has (nearly) finished
-            self.pending = (step, loss)
+        if self.training and self.world_size == 1: self.check(self.learn.loss.detach(), 'loss')
+
+    def before_step(self):
+        if self.training and self.world_size > 1 and getattr(self.learn, 'grad_norm', None) is not None:
+            self.check(self.learn.grad_norm.detach(), 'gradient norm')
+
+    def check(self, value, what):
+        step = self.learn.step + 1
+        if (value.is_cuda if self.deferred is None else self.deferred) and not self.skip:
+            self.check_pending()                   # the previous step's value, which the GPU has (nearly) finished
+            self.pending = (step, value, what)
             return
-        if bool(torch.isfinite(loss)): return
+        if bool(torch.isfinite(value)): return
         if self.skip:
             self.skipped += 1
-            warnings.warn(f'non-finite loss at step {step}: step skipped ({self.skipped} so far)')
-            raise CancelBatchException()
-        self.stop(step, loss, applied=False)
+            warnings.warn(f'non-finite {what} at step {step}: step skipped ({self.skipped} so far)')
+            raise CancelBatchException() if what == 'loss' else CancelStepException()
+        self.stop(step, value, what, applied=False)
 
     def check_pending(self):
         if self.pending is None: return
-        (step, loss), self.pending = self.pending, None
-        if not bool(torch.isfinite(loss)): self.stop(step, loss, applied=True)
+        (step, value, what), self.pending = self.pending, None
+        if not bool(torch.isfinite(value)): self.stop(step, value, what, applied=True)
 
     def after_epoch(self): self.check_pending()
 
-    def stop(self, step, loss, applied):
-        what = ('its update was made in memory but nothing after step ' f'{step - 1} was saved' if applied
+    def stop(self, step, value, what, applied):
+        done = (f'its update was made in memory but nothing after step {step - 1} was saved' if applied
                 else 'stopped without updating the weights')
-        self.learn.stop_reason = (f'the loss became {float(loss)} at step {step}; {what}. The last checkpoint on '
+        self.learn.stop_reason = (f'the {what} became {float(value)} at step {step}; {done}. The last checkpoint on '
                                   'disk is intact. Try a lower --lr, --precision fp32, or --skip_nonfinite to skip '
                                   'such steps')
         raise CancelFitException()

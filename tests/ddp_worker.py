@@ -3,6 +3,7 @@
     ddp_worker.py OUT            3 steps, a checkpoint at the end
     ddp_worker.py OUT stop       rank 1 alone is "signalled" after step 1: both ranks must stop there together
     ddp_worker.py OUT resume     restore the checkpoint of the first mode and report each rank's random state
+    ddp_worker.py OUT nan        rank 1 alone gets a non-finite loss at step 2: both ranks must stop there
 """
 import hashlib
 import json
@@ -14,7 +15,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fastai.callback.core import Callback                                                     # noqa: E402
 
-from _utils.callbacks import Checkpointer, GracefulStop, MetricsLogger                       # noqa: E402
+from _utils.callbacks import Checkpointer, GracefulStop, MetricsLogger, NonFiniteLoss        # noqa: E402
 from _utils.checkpoint import rng_state, restore_training_state                              # noqa: E402
 from _utils.pretraining import (build_electra, init_distributed, log_metrics, pretraining_learner,  # noqa: E402
                                 seed_everything, seed_masking, step_dataloader)
@@ -55,11 +56,19 @@ class SignalRank1(Callback):
         if rank == 1 and self.learn.step == 1: stopper.signal_name = 'SIGTERM'
 
 
+class NanOnRank1(Callback):
+    order = 12  # after the loss, before NonFiniteLoss
+
+    def after_loss(self):
+        if rank == 1 and self.learn.step + 1 == 2: self.learn.loss_grad = self.learn.loss_grad * float('nan')
+
+
 checkpointer = Checkpointer(out / 'ckpt', 'ddp', 0, 3, make_checkpoint, fractions=(1.0,), rank=rank)
 stopper = GracefulStop(checkpointer, world_size, agree_every=1)
 cbs = [checkpointer, stopper, MetricsLogger(out / 'logs', log_metrics, every=1, loggers=('csv',), rank=rank,
                                             total_steps=3)]
 if mode == 'stop': cbs.append(SignalRank1())
+if mode == 'nan': cbs += [NanOnRank1(), NonFiniteLoss(world_size=world_size)]
 learn = pretraining_learner(electra, dl, lr=1e-3, total_steps=3, warmup_steps=1, precision='fp32',
                             device=torch.device('cpu'), extra_cbs=cbs, rank=rank, world_size=world_size)
 if mode == 'resume':

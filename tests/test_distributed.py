@@ -56,3 +56,10 @@ def test_a_signal_to_one_rank_stops_both_at_the_same_step_with_one_checkpoint(tm
     assert r0['steps'] == r1['steps'] == 1 and r0['weights_sha'] == r1['weights_sha']
     assert 'at step 1' in r0['stop_reason'] and 'at step 1' in r1['stop_reason']
     assert [p.name for p in (tmp_path / 'ckpt').iterdir()] == ['ddp_seed0_step1.pth']
+
+
+def test_a_nonfinite_loss_on_one_rank_stops_both_at_the_same_step_before_the_update(tmp_path):
+    torchrun(tmp_path, 'nan')
+    r0, r1 = (json.loads((tmp_path / f'rank{r}.json').read_text()) for r in (0, 1))
+    assert r0['steps'] == r1['steps'] == 1 and r0['weights_sha'] == r1['weights_sha']
+    for r in (r0, r1): assert 'the gradient norm became nan at step 2; stopped without updating' in r['stop_reason']
