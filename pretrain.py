@@ -155,6 +155,8 @@ print(f'ELECTRA-{cfg.size}: discriminator {count_parameters(electra.discriminato
 # ## 4. Training: a fastai `Learner` counted in steps
 # Adam without bias correction, warmup × linear decay, clipping at 1.0, the chosen precision, checkpoints at
 # fractions of the run and metrics every `log_every` steps.
+# On a GPU the step is compiled (`--compile`: CUDA graphs on one GPU), and nothing in it waits for the GPU: the
+# metrics are summed on the device and read back only when they are logged.
 
 seed_masking(cfg.seed, rank, world_size)
 device = ddp_device or pick_device(cfg.device)
