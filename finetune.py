@@ -23,7 +23,7 @@ warnings.filterwarnings('ignore', message='.*torch.jit.script.*is deprecated')  
 
 import datasets
 
-from _utils.callbacks import LOGGERS
+from _utils.callbacks import LOGGERS, parse_loggers
 from _utils.config import Config, option, project_path
 from _utils.electra import SIZES, count_parameters
 from _utils.errors import ensure_writable, install_excepthook
@@ -108,14 +108,12 @@ class MyConfig(Config):
         self.check(0 < self.dev_fraction < 1, f'--dev_fraction must be in (0, 1), got {self.dev_fraction}')
         self.check(8 <= self.max_length <= 512, f'--max_length must be in [8, 512], got {self.max_length}')
         self.check(self.log_every > 0, f'--log_every must be positive, got {self.log_every}')
-        bad = [l for l in self.loggers if l not in LOGGERS]
-        self.check(not bad, f"--logger: unknown logger '{bad[0] if bad else ''}'; choose among "
-                            f"{', '.join(LOGGERS)} or none")
+        parse_loggers(self.logger)
         self.task_names = parse_tasks(self.tasks)  # unknown task names and missing folders fail here, before any
         glue_source(self.glue_dir)                 # model is loaded
 
     @property
-    def loggers(self): return [] if self.logger == 'none' else [l.strip() for l in self.logger.split(',') if l.strip()]
+    def loggers(self): return parse_loggers(self.logger)
 
 
 cfg = MyConfig.from_cli()

@@ -19,7 +19,7 @@ from pathlib import Path
 
 warnings.filterwarnings('ignore', message='.*torch.jit.script.*is deprecated')  # raised inside a dependency
 
-from _utils.callbacks import LOGGERS, Checkpointer, GracefulStop, MetricsLogger, NonFiniteLoss
+from _utils.callbacks import LOGGERS, Checkpointer, GracefulStop, MetricsLogger, NonFiniteLoss, parse_loggers
 from _utils.checkpoint import (find_checkpoint, load_checkpoint, load_weights, make_checkpoint,
                                restore_training_state)
 from _utils.config import Config, option, project_path
@@ -101,14 +101,12 @@ class MyConfig(Config):
         self.check(self.lr > 0, f'--lr must be positive, got {self.lr}')
         self.check(self.warmup_steps >= 0, f'--warmup_steps must be >= 0, got {self.warmup_steps}')
         self.check(self.log_every > 0, f'--log_every must be positive, got {self.log_every}')
-        bad = [l for l in self.loggers if l not in LOGGERS]
-        self.check(not bad, f"--logger: unknown logger '{bad[0] if bad else ''}'; choose among "
-                            f"{', '.join(LOGGERS)} or none")
+        parse_loggers(self.logger)
         self.check(all(0 < f <= 1 for f in self.fractions), '--checkpoint_fractions must be numbers in (0, 1]')
         if not self.run_name: self.run_name = self.preset if self.preset != 'none' else self.size
 
     @property
-    def loggers(self): return [] if self.logger == 'none' else [l.strip() for l in self.logger.split(',') if l.strip()]
+    def loggers(self): return parse_loggers(self.logger)
 
     @property
     def fractions(self):

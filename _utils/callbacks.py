@@ -426,6 +426,16 @@ _BACKENDS = {'csv': _CSV, 'tensorboard': _TensorBoard, 'neptune': _Neptune}
 LOGGERS = tuple(_BACKENDS)
 
 
+def parse_loggers(spec):
+    """--logger 'csv,tensorboard' -> ['csv', 'tensorboard'], 'none' -> []; an unknown name is a one-line error."""
+    from .errors import UserError
+    names = [] if spec == 'none' else [n.strip() for n in spec.split(',') if n.strip()]
+    for name in names:
+        if name not in LOGGERS:
+            raise UserError(f"--logger: unknown logger '{name}'; choose among {', '.join(LOGGERS)} or none")
+    return names
+
+
 class DataParallel(Callback):
     """Data-parallel training across processes started by `torchrun` or `accelerate launch` (PyTorch DDP).
 

@@ -95,51 +95,6 @@ def test_misspelled_field_names_the_closest_one():
         DemoConfig.from_cli(['--max_step', '2000'])
 
 
-def test_unknown_field_is_a_user_error():
-    with pytest.raises(UserError, match='unknown field --warmup_fraction'):
-        DemoConfig.from_cli(['--warmup_fraction', '0.1'])
-
-
-def test_positional_argument_is_a_user_error():
-    with pytest.raises(UserError, match='unexpected argument'):
-        DemoConfig.from_cli(['small'])
-
-
-def test_bad_int_is_a_user_error():
-    with pytest.raises(UserError, match="--max_steps expects an int, got 'lots'"):
-        DemoConfig.from_cli(['--max_steps', 'lots'])
-
-
-def test_non_integer_value_for_an_int_field_is_a_user_error():
-    with pytest.raises(UserError, match='--max_steps expects an int'):
-        DemoConfig.from_cli(['--max_steps', '2.5e0'])
-
-
-def test_bad_float_is_a_user_error():
-    with pytest.raises(UserError, match="--lr expects a float, got 'fast'"):
-        DemoConfig.from_cli(['--lr=fast'])
-
-
-def test_bad_boolean_is_a_user_error():
-    with pytest.raises(UserError, match='--fp16 expects a bool'):
-        DemoConfig.from_cli(['--fp16', 'maybe'])
-
-
-def test_missing_value_is_a_user_error():
-    with pytest.raises(UserError, match='--max_steps needs a value'):
-        DemoConfig.from_cli(['--max_steps'])
-
-
-def test_choice_is_validated_with_did_you_mean():
-    with pytest.raises(UserError, match="did you mean 'small'"):
-        DemoConfig.from_cli(['--size', 'smal'])
-
-
-def test_unknown_preset_is_validated_with_did_you_mean():
-    with pytest.raises(UserError, match="did you mean 'paper-small'"):
-        DemoConfig.from_cli(['--preset', 'paper-smal'])
-
-
 def test_build_rejects_unknown_keyword_with_the_closest_field():
     with pytest.raises(UserError, match='--max_steps'):
         DemoConfig.build(max_step=5)
@@ -161,3 +116,19 @@ def test_help_flag_prints_help_and_exits_0(capsys):
         DemoConfig.from_cli(['--help'])
     assert e.value.code == 0
     assert '--max_steps' in capsys.readouterr().out
+
+
+@pytest.mark.parametrize('args, message', [
+    (['--warmup_fraction', '0.1'], 'unknown field --warmup_fraction'),  # unknown field
+    (['small'], 'unexpected argument'),  # positional argument
+    (['--max_steps', 'lots'], "--max_steps expects an int, got 'lots'"),  # bad int
+    (['--max_steps', '2.5e0'], '--max_steps expects an int'),  # non integer value for an int field
+    (['--lr=fast'], "--lr expects a float, got 'fast'"),  # bad float
+    (['--fp16', 'maybe'], '--fp16 expects a bool'),  # bad boolean
+    (['--max_steps'], '--max_steps needs a value'),  # missing value
+    (['--size', 'smal'], "did you mean 'small'"),  # choice
+    (['--preset', 'paper-smal'], "did you mean 'paper-small'"),  # unknown preset
+])
+def test_bad_command_lines_are_user_errors(args, message):
+    with pytest.raises(UserError, match=message):
+        DemoConfig.from_cli(args)
