@@ -27,6 +27,7 @@ def main():
     p.add_argument('--warmup', type=int, default=10)
     p.add_argument('--steps', type=int, default=10)
     p.add_argument('--rows', type=int, default=15)
+    p.add_argument('--shapes', action='store_true', help='also list operators by input shape')
     args = p.parse_args()
     args.threads, args.seed = 0, 0
     args.threads = torch.get_num_threads()
@@ -39,7 +40,7 @@ def main():
     tokenizer, examples = bench_step.bundled_examples(args)
     total = args.warmup + args.steps
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == 'cuda' else [])
-    prof = profile(activities=activities)
+    prof = profile(activities=activities, record_shapes=args.shapes)
 
     class Window(Callback):
         order = 100
@@ -71,6 +72,9 @@ def main():
         print(f'GPU kernel time per step: {kernel_us / 1000 / args.steps:.2f} ms')
         print(events.table(sort_by='self_cuda_time_total', row_limit=args.rows, max_name_column_width=60))
     print(events.table(sort_by='self_cpu_time_total', row_limit=args.rows, max_name_column_width=60))
+    if args.shapes:
+        print(prof.key_averages(group_by_input_shape=True).table(sort_by='self_cpu_time_total', row_limit=args.rows,
+                                                                 max_name_column_width=40, max_shapes_column_width=80))
 
 
 if __name__ == '__main__':

@@ -1,0 +1,87 @@
+"""Dropout for CPU training that draws its random numbers 4x faster than torch's, with the same distribution.
+
+On a CPU, `torch.nn.functional.dropout` draws each keep/drop decision with `bernoulli_`, about 12 ns per element
+on this project's 2-core test machine: 0.7 s of a 3.2 s ELECTRA-Small step at batch 32. Here one 64-bit draw
+(`random_` on int64, ~2.4 ns per element pair) gives the decisions for two elements: each element is dropped when
+its 32 random bits fall below p * 2^32, so P(drop) = p to within 2^-32 (bernoulli_ compares a 24-bit uniform).
+Kept elements are scaled by 1 / (1 - p), as torch does. Elsewhere (GPUs, torch.compile, evaluation) torch's
+own dropout runs unchanged: on GPUs it is a fused kernel already.
+
+`use_fast_dropout(model)` switches a model's dropout layers and its attention-probability dropout to this.
+Attention: SDPA's CPU kernel has no dropout, so in CPU training torch falls back to its math path with
+`bernoulli_`; `sdpa_fast_dropout` runs the same math (softmax(QK^T / sqrt(d) + mask), dropout, times V) with the
+fast dropout, and hands every other case to transformers' SDPA function.
+"""
+import math
+
+import torch
+import torch.nn as nn
+
+ATTENTION = 'sdpa_fast_dropout'  # the attention implementation's name in transformers' registry
+
+
+def keep_mask(shape, p, device='cpu'):
+    """A bool tensor of `shape`: True (keep) with probability 1 - p, from 32 random bits per element."""
+    n = math.prod(shape)
+    bits = torch.empty((n + 1) // 2, dtype=torch.int64, device=device).random_(-2**63, None)  # all 64 bits random
+    bits = bits.view(torch.int32)[:n].view(shape)                                  # uniform on [-2^31, 2^31)
+    return bits >= round(p * 2**32) - 2**31                                        # P(bits < threshold) = p
+
+
+def fast_dropout(x, p):
+    """Training-mode dropout of `x` with drop probability p (0 <= p < 1)."""
+    scale = torch.tensor(1 / (1 - p), dtype=x.dtype)
+    mask = torch.where(keep_mask(x.shape, p, x.device), scale, torch.zeros((), dtype=x.dtype))  # 0 or 1/(1-p)
+    return x * mask  # autograd keeps only `mask` for the backward
+
+
+def _use_torch_dropout(x, p, training):
+    return not training or p == 0 or p >= 1 or x.device.type != 'cpu' or torch.compiler.is_compiling()
+
+
+class FastDropout(nn.Dropout):
+    """`nn.Dropout` with `fast_dropout` in CPU training (same p, same parameters: none)."""
+
+    def forward(self, x):
+        if _use_torch_dropout(x, self.p, self.training) or self.inplace: return super().forward(x)
+        return fast_dropout(x, self.p)
+
+
+def sdpa_fast_dropout(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+    """transformers attention function: SDPA, except in CPU training with dropout (see the module's docstring)."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    if _use_torch_dropout(query, dropout, True) or kwargs.get('output_attentions'):
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      **kwargs)
+    # query, key, value: (B, heads, L, head size)
+    scaling = query.size(-1) ** -0.5 if scaling is None else scaling
+    scores = torch.matmul(query * scaling, key.transpose(2, 3))                    # (B, heads, L, L)
+    if attention_mask is not None:
+        if attention_mask.dtype == torch.bool:                                     # True = may attend
+            scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
+        else:                                                                      # additive
+            scores = scores + attention_mask
+    probs = fast_dropout(scores.softmax(-1), dropout)
+    return torch.matmul(probs, value).transpose(1, 2).contiguous(), None           # (B, L, heads, head size)
+
+
+def _register():
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface, sdpa_mask
+    AttentionInterface.register(ATTENTION, sdpa_fast_dropout)
+    if ATTENTION not in ALL_MASK_ATTENTION_FUNCTIONS:
+        AttentionMaskInterface.register(ATTENTION, sdpa_mask)  # the masks SDPA takes (bool, True = attend)
+
+
+def use_fast_dropout(model):
+    """Swap `model`'s `nn.Dropout` layers for `FastDropout` and its SDPA attention for `sdpa_fast_dropout`, in
+    place; returns `model`. Weights, configs saved with the model and GPU behaviour do not change."""
+    _register()
+    for parent in list(model.modules()):
+        for name, child in parent.named_children():
+            if type(child) is nn.Dropout:
+                setattr(parent, name, FastDropout(child.p, child.inplace))
+        config = getattr(parent, 'config', None)
+        if getattr(config, '_attn_implementation', None) == 'sdpa':
+            config._attn_implementation = ATTENTION
+    return model

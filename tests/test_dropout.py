@@ -1,0 +1,110 @@
+"""The CPU dropout (`_utils/dropout.py`) is dropout as RECIPE.md has it: p = 0.1 on hidden states and on attention
+probabilities, kept values scaled by 1 / (1 - p); only the way the random bits are drawn differs from torch's."""
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+
+from _utils.dropout import ATTENTION, FastDropout, fast_dropout, keep_mask, sdpa_fast_dropout, use_fast_dropout
+from _utils.electra import build_models
+
+
+@pytest.mark.parametrize('p', [0.1, 0.5])
+def test_drop_rate_is_p(p):
+    torch.manual_seed(0)
+    n = 4_000_000
+    dropped = (~keep_mask((n,), p)).sum().item()
+    se = math.sqrt(p * (1 - p) / n)
+    assert abs(dropped / n - p) < 5 * se, f'dropped {dropped / n:.5f}, expected {p} +- {5 * se:.5f}'
+
+
+def test_decisions_are_independent_of_position():
+    # Two elements share one 64-bit draw: both halves must be uniform, and they must not be correlated
+    torch.manual_seed(0)
+    drop = ~keep_mask((2_000_000,), 0.1)
+    even, odd = drop[0::2].float(), drop[1::2].float()
+    se = math.sqrt(0.1 * 0.9 / len(even))
+    assert abs(even.mean().item() - 0.1) < 5 * se and abs(odd.mean().item() - 0.1) < 5 * se
+    both = (even * odd).mean().item()
+    assert abs(both - 0.01) < 5 * math.sqrt(0.01 * 0.99 / len(even))  # P(both dropped) = p^2
+
+
+def test_kept_values_scaled_by_one_over_keep_probability_and_gradient_matches():
+    torch.manual_seed(0)
+    x = torch.randn(1000, 64, requires_grad=True)
+    y = fast_dropout(x, 0.1)
+    kept = y != 0
+    assert 0.85 < kept.float().mean().item() < 0.95
+    torch.testing.assert_close(y[kept], x[kept].detach() / 0.9)
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, kept.float() / 0.9)  # dy/dx = mask / (1 - p)
+
+
+def test_same_seed_same_mask():
+    x = torch.randn(4096)
+    torch.manual_seed(3)
+    a = fast_dropout(x, 0.1)
+    torch.manual_seed(3)
+    torch.testing.assert_close(fast_dropout(x, 0.1), a, rtol=0, atol=0)
+
+
+def test_layer_is_identity_in_eval_mode_and_for_p_zero():
+    x = torch.randn(8, 16)
+    assert torch.equal(FastDropout(0.1).eval()(x), x)
+    assert torch.equal(FastDropout(0.0).train()(x), x)
+
+
+def test_attention_math_with_dropout_and_padding():
+    torch.manual_seed(0)
+    B, H, L, D = 2, 4, 16, 8
+    q, k, v = (torch.randn(B, H, L, D) for _ in range(3))
+    attend = torch.ones(B, 1, L, L, dtype=torch.bool)
+    attend[1, ..., 12:] = False  # the second sequence has 4 padding tokens
+    module = nn.Module().train()
+    torch.manual_seed(1)
+    out, _ = sdpa_fast_dropout(module, q, k, v, attend, dropout=0.1, scaling=D ** -0.5)
+    # Reference: softmax(QK^T / sqrt(D) + mask), the same keep mask (same seed), scaled by 1 / 0.9, times V
+    torch.manual_seed(1)
+    scores = (q @ k.transpose(2, 3)) / math.sqrt(D) + torch.where(attend, 0.0, -math.inf)
+    probs = scores.softmax(-1) * keep_mask((B, H, L, L), 0.1) / 0.9
+    torch.testing.assert_close(out, (probs @ v).transpose(1, 2))
+    assert out.shape == (B, L, H, D)
+
+
+def test_attention_without_dropout_is_torch_sdpa():
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 4, 16, 8) for _ in range(3))
+    module = nn.Module().eval()
+    module.is_causal = False  # an encoder's self-attention, as in ELECTRA
+    out, _ = sdpa_fast_dropout(module, q, k, v, None, dropout=0.0)
+    expected = torch.nn.functional.scaled_dot_product_attention(q, k, v).transpose(1, 2)
+    torch.testing.assert_close(out, expected)
+
+
+def test_use_fast_dropout_swaps_every_dropout_and_keeps_eval_outputs_and_export(tmp_path):
+    torch.manual_seed(0)
+    generator, discriminator = build_models('tiny')
+    plain = build_models('tiny')[1]
+    plain.load_state_dict(discriminator.state_dict())
+    n_dropouts = sum(type(m) is nn.Dropout for m in plain.modules())
+    use_fast_dropout(discriminator)
+    assert n_dropouts > 0 and sum(isinstance(m, FastDropout) for m in discriminator.modules()) == n_dropouts
+    assert discriminator.config._attn_implementation == ATTENTION
+    ids = torch.randint(1000, 2000, (2, 12))
+    mask = torch.ones_like(ids)
+    mask[1, 9:] = 0
+    torch.testing.assert_close(discriminator.eval()(input_ids=ids, attention_mask=mask).logits,
+                               plain.eval()(input_ids=ids, attention_mask=mask).logits, rtol=0, atol=0)
+    # The exported model is a plain Hugging Face ELECTRA: nothing of this module is written into config.json
+    discriminator.save_pretrained(tmp_path)
+    assert ATTENTION not in (tmp_path / 'config.json').read_text()
+
+
+def test_training_step_uses_fast_dropout_on_cpu(tokenizer):
+    from _utils.pretraining import build_electra
+    electra = build_electra('tiny', tokenizer).train()
+    layers = [m for m in electra.modules() if isinstance(m, nn.Dropout)]
+    assert layers and all(isinstance(m, FastDropout) for m in layers)
+    assert electra.generator.config._attn_implementation == electra.discriminator.config._attn_implementation == \
+        ATTENTION
