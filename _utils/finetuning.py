@@ -40,7 +40,7 @@ from .glue import (BUNDLED_GLUE_DIR, GLUE_AVERAGE_TASKS, SUBMISSION_FILES, TASKS
                    compute_metrics, double_with_swapped, encode, glue_average, glue_dataloader, load_glue_hub,
                    load_glue_tsv, loss_for, main_score, predictions_from_logits, split_off_dev, task_by_name)
 from .optim import make_optimizer
-from .pretraining import OnDevice, seed_everything
+from .pretraining import OnDevice, keep_freed_memory, seed_everything
 from .text import first_line, load_tokenizer, slug
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -401,6 +401,7 @@ def finetuning_learner(model, train_dl, task, recipe, n_layers, epochs, precisio
     """A plain fastai Learner: batches (input_ids, attention_mask, token_type_ids, labels) give xb = the first
     three, yb = labels. Warmup is 10% of all steps, and the linear decay reaches 0 at the end of the last epoch."""
     model.to(device)
+    if device.type == 'cpu': keep_freed_memory()
     opt = finetuning_optimizer(model, recipe, n_layers)
     total_steps = epochs * len(train_dl)
     warmup_steps = int(recipe.warmup_fraction * total_steps)

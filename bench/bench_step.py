@@ -496,7 +496,6 @@ QUALITY_TOLERANCE = 0.05
 def quality_run(args, device, precision, sampling, examples, tokenizer, compile_mode='none'):
     """Train `quality_steps` steps from the same seed (same init, same batches); per-step MLM and disc losses."""
     from fastai.callback.core import Callback
-    from _utils.electra import discriminator_loss, mlm_loss
     from _utils.pretraining import build_electra, pretraining_learner, seed_everything
 
     class LossRecorder(Callback):
@@ -504,9 +503,8 @@ def quality_run(args, device, precision, sampling, examples, tokenizer, compile_
         def __init__(self): self.mlm, self.disc = [], []
 
         def after_batch(self):
-            with torch.no_grad():
-                self.mlm.append(float(mlm_loss(self.learn.pred)))
-                self.disc.append(float(discriminator_loss(self.learn.pred)))
+            self.mlm.append(float(self.learn.pred.mlm_loss))
+            self.disc.append(float(self.learn.pred.disc_loss))
 
     seed_everything(args.seed)
     electra = build_electra(args.size, tokenizer, max_length=args.max_length)

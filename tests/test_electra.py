@@ -227,7 +227,7 @@ def hand_output(disc_logits, is_replaced, attention_mask, mlm_logits=None, maske
                   masked_weight=torch.ones(B, 1) if masked_weight is None else masked_weight,
                   disc_input=torch.ones(B, L, dtype=torch.long), disc_logits=disc_logits, is_replaced=is_replaced,
                   attention_mask=attention_mask)
-    return ElectraOutput(**{f.name: values[f.name] for f in dataclasses.fields(ElectraOutput)})
+    return ElectraOutput(**{f.name: values[f.name] for f in dataclasses.fields(ElectraOutput) if f.name in values})
 
 
 def test_discriminator_loss_averages_over_all_non_pad_tokens_cls_and_sep_included():
@@ -315,6 +315,28 @@ def test_sample_matches_softmax_at_temperature(method, temperature):
     expected = PROBS[1:].double() ** (1 / temperature)         # softmax(log p / T) is proportional to p^(1/T)
     expected = expected / expected.sum() * n
     assert chisquare(counts[1:].numpy(), expected.numpy()).pvalue > 1e-4
+
+
+@pytest.mark.parametrize('V', [7, 256, 1000])
+def test_inverse_cdf_across_blocks_matches_the_distribution(V):
+    # Blocks of 256 entries: one short block (V=7), exactly one (256), several plus a short last one (1000)
+    torch.manual_seed(0)
+    logits = torch.randn(V) * 2
+    n = 50_000
+    counts = torch.bincount(sample_from_softmax(logits.expand(n, V), method='inverse_cdf'), minlength=V).double()
+    expected = logits.double().softmax(-1) * n
+    common = expected > 20                    # chi-square needs enough expected counts per cell: pool the rare ones
+    if not common.all():
+        counts = torch.cat([counts[common], counts[~common].sum().view(1)])
+        expected = torch.cat([expected[common], expected[~common].sum().view(1)])
+    assert chisquare(counts.numpy(), (expected / expected.sum() * n).numpy()).pvalue > 1e-4
+
+
+@pytest.mark.parametrize('token', [0, 255, 256, 511, 30_000, V - 1])
+def test_inverse_cdf_finds_a_single_token_at_any_block_edge(token):
+    logits = torch.full((50, V), -math.inf)
+    logits[:, token] = 0.0
+    assert (sample_from_softmax(logits, method='inverse_cdf') == token).all()
 
 
 @pytest.mark.parametrize('method', METHODS)
