@@ -493,8 +493,9 @@ def bench_finetune(args, device, precision):
 QUALITY_TOLERANCE = 0.05
 
 
-def quality_run(args, device, precision, sampling, examples, tokenizer, compile_mode='none'):
-    """Train `quality_steps` steps from the same seed (same init, same batches); per-step MLM and disc losses."""
+def quality_run(args, device, precision, sampling, examples, tokenizer, compile_mode='none', torch_dropout=False):
+    """Train `quality_steps` steps from the same seed (same init, same batches); per-step MLM and disc losses.
+    `torch_dropout`: torch's dropout and SDPA instead of the project's CPU dropout (`_utils/dropout.py`)."""
     from fastai.callback.core import Callback
     from _utils.pretraining import build_electra, pretraining_learner, seed_everything
 
@@ -509,6 +510,11 @@ def quality_run(args, device, precision, sampling, examples, tokenizer, compile_
     seed_everything(args.seed)
     electra = build_electra(args.size, tokenizer, max_length=args.max_length)
     electra.sampling = sampling
+    if torch_dropout:
+        from _utils.dropout import FastDropout
+        for module in electra.modules():
+            if isinstance(module, FastDropout): module.__class__ = torch.nn.Dropout
+        for net in (electra.generator, electra.discriminator): net.config._attn_implementation = 'sdpa'
     rec = LossRecorder()
     steps = args.quality_steps
     learn = pretraining_learner(electra, step_loader(args, examples, device, steps), lr=PRETRAIN_LR, total_steps=steps,
@@ -527,7 +533,7 @@ def bench_quality(args, device, fast_precision):
     from _utils.pretraining import pick_compile
     fast_compile = pick_compile(args.compile, device)
     fast = quality_run(args, device, fast_precision, 'auto', examples, tokenizer, fast_compile)
-    ref = quality_run(args, device, 'fp32', 'gumbel', examples, tokenizer)
+    ref = quality_run(args, device, 'fp32', 'gumbel', examples, tokenizer, torch_dropout=True)
     window = min(50, args.quality_steps)
     headers = ['loss', 'step 1 (fp32)', f'fp32 mean, last {window}', f'fast mean, last {window}', 'diff / fp32 mean',
                'noise: 2 x s.e. / fp32 mean', 'tolerance', 'verdict']
@@ -545,9 +551,10 @@ def bench_quality(args, device, fast_precision):
     if fast_precision != 'fp32': differs.append(f'precision ({fast_precision} autocast vs fp32)')
     if fast_sampling != 'gumbel': differs.append(f'sampling ({fast_sampling} vs gumbel)')
     if fast_compile != 'none': differs.append(f'torch.compile (mode {fast_compile} vs eager)')
+    if device.type == 'cpu': differs.append("dropout (the project's CPU dropout vs torch's bernoulli_)")
     title = (f'Quality guard: our fast path ({fast_precision}, sampling auto = {fast_sampling}, compile {fast_compile}) '
              f'vs our plain fp32 path '
-             f'(fp32, gumbel sampling), ELECTRA-{args.size}, batch {args.batch_size} x {args.max_length}, '
+             f"(fp32, gumbel sampling, torch's dropout and SDPA), ELECTRA-{args.size}, batch {args.batch_size} x {args.max_length}, '
              f'{args.quality_steps} steps from the same seed, same initialisation and batches, {device}')
     notes = ('The paths are not bitwise equal (different arithmetic or random-number use, hence different masks '
              'after step 1), so the smoothed curves are compared: |mean_fast - mean_fp32| over the last '
@@ -562,7 +569,7 @@ def bench_quality(args, device, fast_precision):
         notes += 'Here both paths are identical (fp32, gumbel): the check is trivially met.'
     if device.type == 'cpu' and fast_precision == 'fp32':
         notes += (' This CPU has no fast bf16 (no AMX / AVX512-BF16), so the default precision is fp32, the same as '
-                  'the reference: only the sampling method is compared; run on a GPU or a bf16 CPU to check bf16.')
+                  'the reference: only sampling and dropout are compared; run on a GPU or a bf16 CPU to check bf16.')
     return title, markdown_table(headers, rows), notes
 
 
