@@ -554,7 +554,8 @@ def bench_quality(args, device, fast_precision):
     if device.type == 'cpu': differs.append("dropout (the project's CPU dropout vs torch's bernoulli_)")
     title = (f'Quality guard: our fast path ({fast_precision}, sampling auto = {fast_sampling}, compile {fast_compile}) '
              f'vs our plain fp32 path '
-             f"(fp32, gumbel sampling, torch's dropout and SDPA), ELECTRA-{args.size}, batch {args.batch_size} x {args.max_length}, '
+             f"(fp32, gumbel sampling, torch's dropout and SDPA), ELECTRA-{args.size}, "
+             f'batch {args.batch_size} x {args.max_length}, '
              f'{args.quality_steps} steps from the same seed, same initialisation and batches, {device}')
     notes = ('The paths are not bitwise equal (different arithmetic or random-number use, hence different masks '
              'after step 1), so the smoothed curves are compared: |mean_fast - mean_fp32| over the last '
