@@ -504,8 +504,8 @@ def quality_run(args, device, precision, sampling, examples, tokenizer, compile_
         def __init__(self): self.mlm, self.disc = [], []
 
         def after_batch(self):
-            self.mlm.append(float(self.learn.pred.mlm_loss))
-            self.disc.append(float(self.learn.pred.disc_loss))
+            self.mlm.append(float(self.learn.pred.mlm_loss.detach()))
+            self.disc.append(float(self.learn.pred.disc_loss.detach()))
 
     seed_everything(args.seed)
     electra = build_electra(args.size, tokenizer, max_length=args.max_length)
