@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,3 +64,18 @@ def test_a_nonfinite_loss_on_one_rank_stops_both_at_the_same_step_before_the_upd
     r0, r1 = (json.loads((tmp_path / f'rank{r}.json').read_text()) for r in (0, 1))
     assert r0['steps'] == r1['steps'] == 1 and r0['weights_sha'] == r1['weights_sha']
     for r in (r0, r1): assert 'the gradient norm became nan at step 2; stopped without updating' in r['stop_reason']
+
+
+def test_the_readme_accelerate_command_runs_pretrain_py_in_two_processes(tmp_path):
+    pytest.importorskip('accelerate')
+    env = {**os.environ, 'OMP_NUM_THREADS': '1'}
+    res = subprocess.run([sys.executable, '-m', 'accelerate.commands.launch', '--multi_gpu', '--num_processes', '2',
+                          '--num_machines', '1', '--mixed_precision', 'no', '--dynamo_backend', 'no',
+                          '--main_process_port', str(free_port()),
+                          'pretrain.py', '--size', 'tiny', '--max_steps', '2', '--batch_size', '4', '--logger', 'csv',
+                          '--checkpoint_dir', str(tmp_path / 'ck'), '--log_dir', str(tmp_path / 'logs')],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert 'Training 2 steps of 4 x 128 tokens on cpu (fp32), 2 processes' in res.stdout
+    assert res.stdout.count('Checkpoints:') == 1                    # rank 0 reports; rank 1 writes nothing
+    assert sorted(p.name for p in (tmp_path / 'ck').iterdir()) == ['demo_seed0_100pct.pth', 'demo_seed0_50pct.pth']
