@@ -199,7 +199,8 @@ def inverse_cdf_sample(probs, block=256):
 
     A uniform u in [0, row sum) is placed first among the cumulative sums of blocks of `block` entries, then inside
     its block: the same draw as a search in the full cumulative sum, but the V-long scan (serial, and ~3x slower
-    than the rest on CPUs) becomes one reduction and two short scans.
+    than the rest on CPUs) becomes one reduction and two short scans. (torch.multinomial draws the same sample, but
+    took 530 ms for (608, 30522) probabilities on the 2-core CPU, against 7 ms here.)
     """
     R, V = probs.shape
     n_full = V // block
