@@ -20,14 +20,36 @@ def test_drop_rate_is_p(p):
 
 
 def test_decisions_are_independent_of_position():
-    # Two elements share one 64-bit draw: both halves must be uniform, and they must not be correlated
+    # Eight elements share one 64-bit draw: each byte position must drop at rate p, neighbours independently
     torch.manual_seed(0)
-    drop = ~keep_mask((2_000_000,), 0.1)
-    even, odd = drop[0::2].float(), drop[1::2].float()
-    se = math.sqrt(0.1 * 0.9 / len(even))
-    assert abs(even.mean().item() - 0.1) < 5 * se and abs(odd.mean().item() - 0.1) < 5 * se
-    both = (even * odd).mean().item()
-    assert abs(both - 0.01) < 5 * math.sqrt(0.01 * 0.99 / len(even))  # P(both dropped) = p^2
+    drop = ~keep_mask((4_000_000,), 0.1)
+    se = math.sqrt(0.1 * 0.9 / (len(drop) // 8))
+    for k in range(8):
+        assert abs(drop[k::8].float().mean().item() - 0.1) < 5 * se
+    a, b = drop[:-1].float(), drop[1:].float()
+    assert abs((a * b).mean().item() - 0.01) < 5 * math.sqrt(0.01 * 0.99 / (len(a) // 2))  # P(both dropped) = p^2
+
+
+def test_top_byte_decides_and_ties_draw_the_low_bits():
+    # The rule is "drop iff 32 random bits < p * 2^32", drawn top byte first. Replay the same draw with the same seed:
+    # away from the threshold's top byte (25 for p = 0.1) the top byte alone decides; at it, the low 24 bits decide,
+    # which drops with probability (p * 2^32 - 25 * 2^24) / 2^24 = 0.6.
+    n = 4_000_003  # not a multiple of 8
+    torch.manual_seed(5)
+    top = torch.empty(-(-n // 8), dtype=torch.int64).random_(-2**63, None).view(torch.uint8)[:n]
+    torch.manual_seed(5)
+    keep = keep_mask((n,), 0.1)
+    hi, lo = round(0.1 * 2**32) >> 24, round(0.1 * 2**32) & 0xFFFFFF
+    assert hi == 25
+    assert torch.equal(keep[top != hi], top[top != hi] > hi)
+    tied = ~keep[top == hi]
+    rate, q = tied.float().mean().item(), lo / 2**24
+    assert len(tied) > 10_000 and abs(rate - q) < 5 * math.sqrt(q * (1 - q) / len(tied))
+
+
+@pytest.mark.parametrize('shape', [(1,), (7,), (3, 5, 11)])
+def test_mask_of_any_shape(shape):
+    assert keep_mask(shape, 0.1).shape == shape and keep_mask(shape, 0.5).shape == shape
 
 
 def test_kept_values_scaled_by_one_over_keep_probability_and_gradient_matches():
