@@ -71,6 +71,24 @@ def test_same_seed_same_mask():
     torch.testing.assert_close(fast_dropout(x, 0.1), a, rtol=0, atol=0)
 
 
+def test_compiled_dropout_draws_the_same_mask_in_one_graph():
+    # Under torch.compile the mask is the custom operator `dropout_mask` (inductor's own CPU random numbers are
+    # slow): fullgraph=True fails on any graph break; the compiled layer must give the eager layer's mask and
+    # gradient for the same seed.
+    layer = FastDropout(0.1).train()
+    compiled = torch.compile(layer, fullgraph=True)
+    x = torch.randn(4096, 64, requires_grad=True)
+    torch.manual_seed(3)
+    y = compiled(x)
+    y.sum().backward()
+    torch.manual_seed(3)
+    expected = layer(x.detach())
+    torch.testing.assert_close(y, expected, rtol=1e-6, atol=0)
+    kept = (expected != 0).float()
+    assert 0.09 < 1 - kept.mean().item() < 0.11
+    torch.testing.assert_close(x.grad, kept / 0.9)
+
+
 def test_layer_is_identity_in_eval_mode_and_for_p_zero():
     x = torch.randn(8, 16)
     assert torch.equal(FastDropout(0.1).eval()(x), x)
