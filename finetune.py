@@ -169,6 +169,7 @@ for name, task_data in data.items():
 # 10% × linear decay, clipping at 1.0, batches of similar lengths. After every epoch the dev metrics are computed
 # and appended to `runs.csv` at once. The best run of each task so far (by its final dev score) is saved as soon as
 # the run ends, for the test set and for `--resume`. A run that fails is reported in one line and the others go on.
+# Ctrl-C stops the script with a line saying how to resume (`--resume` trains only the missing runs).
 
 device = pick_device(cfg.device)
 precision = pick_precision(cfg.precision, device)
@@ -178,13 +179,17 @@ print(f'{len(data)} tasks x {cfg.n_runs} runs (seeds {seeds[0]}..{seeds[-1]}) on
       f"every epoch's dev metrics -> {runs_log.path}{' (appended)' if cfg.resume else ''}")
 
 results = {}
-for name, task_data in data.items():
-    done, best_file = finished.get(name, {}), model_dir / f'{name}.pth'
-    save_best = (lambda run, path=best_file: save_finetuned(run, pretrained, path)) if cfg.save_models else None
-    results[name] = finetune_task(task_data, pretrained, recipe, seeds, runs_log, precision, device,
-                                  log_root=log_dir, loggers=cfg.loggers, log_every=cfg.log_every,
-                                  config=cfg.to_dict(), finished=done, best=saved_best(best_file, done),
-                                  on_best=save_best)
+try:
+    for name, task_data in data.items():
+        done, best_file = finished.get(name, {}), model_dir / f'{name}.pth'
+        save_best = (lambda run, path=best_file: save_finetuned(run, pretrained, path)) if cfg.save_models else None
+        results[name] = finetune_task(task_data, pretrained, recipe, seeds, runs_log, precision, device,
+                                      log_root=log_dir, loggers=cfg.loggers, log_every=cfg.log_every,
+                                      config=cfg.to_dict(), finished=done, best=saved_best(best_file, done),
+                                      on_best=save_best)
+except KeyboardInterrupt:  # Ctrl-C: the finished runs are on disk already (runs.csv, the best weights)
+    raise SystemExit(f'\ninterrupted during {name}: the finished runs are in {runs_log.path}; run the same command '
+                     'with --resume to train only the missing runs') from None
 failed = [line for result in results.values() for line in result.failed]
 skipped.update({name: 'has no run with saved weights' if result.runs else 'failed in every run'
                 for name, result in results.items() if result.best is None})

@@ -506,3 +506,23 @@ def test_script_resume_trains_only_the_missing_runs_and_predicts_with_the_saved_
     with zipfile.ZipFile(out / 'out' / 'g' / 'glue_submission.zip') as z:
         assert sorted(z.namelist()) == ['CoLA.tsv', 'RTE.tsv', 'WNLI.tsv']
         assert z.read('RTE.tsv') == before['rte_tsv']
+
+
+# Ctrl-C during CoLA's second run (simulated: KeyboardInterrupt is what Python raises on SIGINT)
+INTERRUPTED_RUN = FAILING_RUN.replace("raise RuntimeError('simulated out of memory')", 'raise KeyboardInterrupt')
+
+
+def test_script_ctrl_c_stops_with_one_line_on_how_to_resume_and_keeps_the_finished_runs(tiny_hf_folder, tmp_path):
+    args = ['--model', str(tiny_hf_folder), '--tasks', 'cola,rte', '--n_runs', '2', '--epochs', '1', '--logger', 'csv',
+            '--group_name', 'g', '--log_dir', str(tmp_path / 'logs'), '--checkpoint_dir', str(tmp_path / 'ckpt'),
+            '--output_dir', str(tmp_path / 'out')]
+    proc = subprocess.run([sys.executable, '-c', INTERRUPTED_RUN, *args], cwd=PROJECT, env=SUBPROCESS_ENV,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and 'Traceback' not in proc.stderr, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"interrupted during CoLA: the finished runs are in {tmp_path / 'logs' / 'g' / 'runs.csv'}; run the same "
+        'command with --resume to train only the missing runs')
+    rows = pd.read_csv(tmp_path / 'logs' / 'g' / 'runs.csv')
+    assert sorted(zip(rows.task, rows.seed)) == [('CoLA', 0)]      # the first run, finished before the Ctrl-C
+    assert (tmp_path / 'ckpt' / 'g' / 'CoLA.pth').is_file()           # and its weights, the best so far
+    assert not (tmp_path / 'out' / 'g').exists() or not list((tmp_path / 'out' / 'g').glob('*.zip'))
