@@ -9,8 +9,8 @@ PROJECT = Path(__file__).resolve().parents[1]
 
 # Allocate and fill a 64 MB tensor 14 times; print the minor page faults of the last 4 (steady state). With the
 # memory kept, the heap first grows by a few blocks (a freed block is not always reused at once), then serves
-# every fill from freed memory: within 5 fills in 5 probes of 30 fills each; 30
-# runs of this probe all had 0 faults in the last 4. (Measuring the 3rd fill, as before, failed 11 runs in 30.)
+# every fill from freed memory: within 5 fills in 5 probes of 30 fills each; 30 runs of this probe all had 0 faults
+# in the last 4. (Measuring the 3rd fill, as before, failed 11 runs in 30.)
 PROBE = """
 import resource, sys, torch
 sys.path.insert(0, {project!r})
