@@ -373,6 +373,16 @@ def bench_step(args, device):
                 'MFU: n/a (no peak figure for this device).'))
     if device.type == 'cpu':
         notes += ' Peak RSS is the whole process (Python, libraries, data), not just the model.'
+    if 'ours' in results and len(results) > 1:
+        ours = [statistics.fmean(res['step_s']) for res in results['ours']]
+        per_peer = []
+        for v, rounds in results.items():
+            if v == 'ours': continue
+            ratios = [statistics.fmean(res['step_s']) / o for res, o in zip(rounds, ours)]
+            per_peer.append(f"{VARIANTS[v]} {', '.join(f'{x:.2f}x' for x in ratios)} "
+                            f"(median {statistics.median(ratios):.2f}x)")
+        notes += (" This project's speed-up over each peer, round by round (a round runs the implementations back "
+                  "to back, so the machine's drift cancels best there): " + '; '.join(per_peer) + '.')
     return title, markdown_table(headers, rows), notes
 
 
