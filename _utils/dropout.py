@@ -1,7 +1,7 @@
 """Dropout for CPU training: torch's distribution, its masks made 2-4x faster.
 
 On a CPU, `torch.nn.functional.dropout` draws each decision with `bernoulli_`, 9-12 ns per element on this
-project's 2-core test machine, a fifth of an ELECTRA-Small step at batch 32. Here each element is dropped when 32
+project's 2-core test machine. Here each element is dropped when 32
 random bits fall below p * 2^32 (so P(drop) = p to within 2^-32), and the bits are drawn lazily: one 64-bit draw
 (`random_` on int64) gives the top 8 bits of eight elements, which settle the decision for 255 elements in 256;
 only the rest (top byte equal to the threshold's) draw their low 24 bits. Kept elements are scaled by 1 / (1 - p),
