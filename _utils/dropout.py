@@ -1,14 +1,14 @@
 """Dropout for CPU training: torch's distribution, its masks made 2-4x faster.
 
-On a CPU, `torch.nn.functional.dropout` draws each decision with `bernoulli_`, 9-12 ns per element on this
-project's 2-core test machine. Here each element is dropped when 32
-random bits fall below p * 2^32 (so P(drop) = p to within 2^-32), and the bits are drawn lazily: one 64-bit draw
-(`random_` on int64) gives the top 8 bits of eight elements, which settle the decision for 255 elements in 256;
-only the rest (top byte equal to the threshold's) draw their low 24 bits. Kept elements are scaled by 1 / (1 - p),
-as torch does. `python bench/bench_dropout.py` times both at the shapes of an ELECTRA-Small step: one step's
-dropouts, forward + backward, took 712-848 ms with torch's and 268-287 ms with these. Under torch.compile the mask is a
-custom operator (`dropout_mask`), which inductor leaves alone while it fuses the rest. Elsewhere (GPUs, evaluation)
-torch's own dropout runs unchanged: on GPUs it is a fused kernel already.
+On a CPU, `torch.nn.functional.dropout` draws each decision with `bernoulli_`, 9-12 ns per element on this project's
+2-core test machine. Here each element is dropped when 32 random bits fall below p * 2^32 (so P(drop) = p to within
+2^-32), and the bits are drawn lazily: one 64-bit draw (`random_` on int64) gives the top 8 bits of eight elements,
+which settle the decision for 255 elements in 256; only the rest (top byte equal to the threshold's) draw their low
+24 bits. Kept elements are scaled by 1 / (1 - p), as torch does. `python bench/bench_dropout.py` times both at the
+shapes of an ELECTRA-Small step: one step's dropouts, forward + backward, took 712-848 ms with torch's and 268-287
+ms with these. Under torch.compile the mask is a custom operator (`dropout_mask`), which inductor leaves alone while
+it fuses the rest. Elsewhere (GPUs, evaluation) torch's own dropout runs unchanged: on GPUs it is a fused kernel
+already.
 
 `use_fast_dropout(model)` switches a model's dropout layers and its attention-probability dropout to this.
 Attention: SDPA's CPU kernel has no dropout, so in CPU training torch falls back to its math path with
