@@ -115,8 +115,7 @@ class ELECTRA(nn.Module):
         with torch.no_grad():  # no gradient flows through the sample
             sampled_ids = sample_from_softmax(mlm_logits, self.sample_temperature, self.sampling)  # (B, N)
         # The discriminator sees the original text with samples put in at the used slots: never [MASK]
-        sampled_or_original = torch.where(weight.bool(), sampled_ids, sampled_ids[:, :1])  # unused = slot 0
-        disc_input = input_ids.scatter(1, positions, sampled_or_original)              # (B, L)
+        disc_input = input_ids.scatter(1, positions, slot_writes(sampled_ids, masked_ids, weight))  # (B, L)
         is_replaced = disc_input != input_ids                # a sample equal to the original is labelled real
         disc_logits = self.discriminator(input_ids=disc_input, attention_mask=attention_mask,
                                          token_type_ids=token_type_ids).logits        # (B, L)
@@ -141,7 +140,7 @@ def mask_positions(input_ids, attention_mask, special_token_ids, mask_prob=0.15,
     B, L = input_ids.shape
     N = max_predictions or max_predictions_for(L, mask_prob)
     candidates = attention_mask.bool() & ~torch.isin(input_ids, special_token_ids)        # (B, L)
-    # A row with no candidate (cannot happen with real text) samples position 0 with weight 0
+    # A row with no candidate (only specials, or very short) takes position 0 with weight 0: left untouched
     no_candidate = ~candidates.any(1, keepdim=True)
     probs = (candidates | (no_candidate & (torch.arange(L, device=input_ids.device) == 0))).float()
     positions = torch.multinomial(probs, N, replacement=True)                              # (B, N)
@@ -161,8 +160,18 @@ def replace_masked(input_ids, positions, weight, masked_ids, mask_token_id, mask
     if random_token_prob > 0:
         rand = torch.randint_like(masked_ids, vocab_size)
         new = torch.where((u >= mask_token_prob) & (u < mask_token_prob + random_token_prob), rand, new)
-    new = torch.where(weight.bool(), new, new[:, :1])      # unused slots repeat slot 0's write (same position)
-    return input_ids.scatter(1, positions, new)
+    return input_ids.scatter(1, positions, slot_writes(new, masked_ids, weight))
+
+
+def slot_writes(values, masked_ids, weight):
+    """What to scatter at the N slots (B, N): `values` at the used slots, the original token at unused ones.
+
+    Unused slots sit at slot 0's position (`mask_positions`), so they repeat slot 0's write and can never undo it
+    (the order of repeated scatter writes is undefined). A row with no used slot at all (nothing maskable) writes
+    its original token back: it stays untouched, and none of its tokens is labelled replaced.
+    """
+    written = torch.where(weight.bool(), values, masked_ids)                            # (B, N)
+    return torch.where(weight.bool(), written, written[:, :1])
 
 
 def generator_logits_at(generator, input_ids, attention_mask, token_type_ids, positions):

@@ -344,7 +344,7 @@ def predict_logits(model, encoded, batch_size=128, precision='fp32'):
 
 
 def predict(task, model, encoded, batch_size=128, precision='fp32'):
-    """(N,) class indices (tsv label order) or STS-B scores in [0, 5], in dataset order."""
+    """(N,) class indices (tsv label order) or STS-B scores (unclipped), in dataset order."""
     return predictions_from_logits(task, predict_logits(model, encoded, batch_size, precision))
 
 

@@ -30,7 +30,7 @@ from torch.nn import functional as F
 
 from .dropout import use_fast_dropout
 from .errors import UserError
-from .text import first_line
+from .text import BUILDER_VERSION, first_line, text_to_ids, tokenizer_fingerprint
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 BUNDLED_GLUE_DIR = PROJECT_DIR / 'datasets' / 'glue_sample'
@@ -369,18 +369,15 @@ def encode(dataset, tokenizer, max_length=128, num_proc=None):
     cls_id, sep_id = tokenizer.cls_token_id, tokenizer.sep_token_id
 
     def tokenize(batch):
-        # verbose=False: untruncated texts longer than the model's 512 would warn, but we truncate below.
-        a = tokenizer(batch['sentence1'], add_special_tokens=False, verbose=False)['input_ids']
-        b = tokenizer(batch['sentence2'], add_special_tokens=False, verbose=False)['input_ids'] if is_pair \
-            else [None] * len(a)
+        a = text_to_ids(tokenizer, batch['sentence1'])
+        b = text_to_ids(tokenizer, batch['sentence2']) if is_pair else [None] * len(a)
         packed = [pack_pair(x, y, max_length, cls_id, sep_id) for x, y in zip(a, b)]
         return {'input_ids': [p[0] for p in packed], 'token_type_ids': [p[1] for p in packed]}
 
     drop = [c for c in dataset.column_names if c not in ('label', 'idx')]
     # Our own fingerprint: otherwise `datasets` hashes the whole tokenizer on every call (~0.3 s)
-    from .text import tokenizer_fingerprint
     fingerprint = hashlib.sha256(f'{dataset._fingerprint}-{tokenizer_fingerprint(tokenizer)}-{max_length}'
-                                 .encode()).hexdigest()[:16]
+                                 f'-{BUILDER_VERSION}'.encode()).hexdigest()[:16]
     return dataset.map(tokenize, batched=True, remove_columns=drop, num_proc=num_proc, desc='tokenize',
                        new_fingerprint=fingerprint)
 
@@ -501,10 +498,14 @@ def loss_for(task):
 
 
 def predictions_from_logits(task, logits):
-    """(B, n_outputs) logits -> (B,) numpy: class indices, or STS-B scores ×5 clipped to [0, 5]."""
+    """(B, n_outputs) logits -> (B,) numpy: class indices, or STS-B scores (the output ×5).
+
+    STS-B scores are not clipped here: the dev metrics are computed on the raw outputs, as the official scorer
+    does; only the submission file clips them to [0, 5] (`write_submission`).
+    """
     logits = torch.as_tensor(logits).detach().float().cpu()
     if task_by_name(task).is_regression:
-        return (logits.reshape(-1) * 5).clamp(0, 5).numpy()
+        return (logits.reshape(-1) * 5).numpy()
     return logits.argmax(-1).numpy()
 
 

@@ -22,7 +22,9 @@ PROJECT_DIR = Path(__file__).resolve().parent.parent
 DATASETS_DIR = PROJECT_DIR / 'datasets'
 BUNDLED_VOCAB = DATASETS_DIR / 'vocab' / 'bert-uncased-vocab.txt'
 BUNDLED_CORPUS = DATASETS_DIR / 'wiki_sample'
-BUILDER_VERSION = 1  # bump when the example builder changes, so that old caches are never reused
+# Bump when the example builder or the way text becomes ids changes, so that old caches are never reused
+# (2: literal special-token strings in the text are split like other text)
+BUILDER_VERSION = 2
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -58,6 +60,16 @@ def load_tokenizer(name_or_path='bundled'):
         if getattr(tok, special, None) is None:
             raise UserError(f"tokenizer '{name_or_path}' has no {special[:-3]}; ELECTRA needs [CLS] [SEP] [PAD] [MASK]")
     return tok
+
+
+def text_to_ids(tokenizer, texts):
+    """WordPiece ids of user text (a list of strings), without [CLS] / [SEP] and never a special id.
+
+    A literal "[MASK]", "[PAD]" or "[SEP]" in a corpus line or a GLUE sentence is split like any other text
+    ("[", "mask", "]"), as the official tokenizer does: only the example builder puts special tokens in.
+    verbose=False: a line longer than the model's 512 positions would warn, but the callers truncate.
+    """
+    return tokenizer(texts, add_special_tokens=False, split_special_tokens=True, verbose=False)['input_ids']
 
 
 def tokenizer_fingerprint(tokenizer):
@@ -139,7 +151,7 @@ def build_examples(documents, tokenizer, max_length, rng):
     for lines in documents:
         lines = [l.strip() for l in lines if l.strip()]
         if not lines: continue
-        ids_per_line = tokenizer(lines, add_special_tokens=False)['input_ids']
+        ids_per_line = text_to_ids(tokenizer, lines)
         for ids in ids_per_line:
             ex = builder.add_line(ids)
             if ex: examples.append(ex)

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from _utils.pretraining import pick_precision
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -76,6 +78,9 @@ def test_the_readme_accelerate_command_runs_pretrain_py_in_two_processes(tmp_pat
                           '--checkpoint_dir', str(tmp_path / 'ck'), '--log_dir', str(tmp_path / 'logs')],
                          cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
     assert res.returncode == 0, res.stderr[-3000:]
-    assert 'Training 2 steps of 4 x 128 tokens on cpu (fp32), 2 processes' in res.stdout
+    # The README's command leaves --precision at auto: bf16 on CPUs with AVX512-BF16 or AMX, else fp32
+    # (tests/test_precision.py checks that choice both ways)
+    precision = pick_precision('auto', torch.device('cpu'))
+    assert f'Training 2 steps of 4 x 128 tokens on cpu ({precision}), 2 processes' in res.stdout
     assert res.stdout.count('Checkpoints:') == 1                    # rank 0 reports; rank 1 writes nothing
     assert sorted(p.name for p in (tmp_path / 'ck').iterdir()) == ['demo_seed0_100pct.pth', 'demo_seed0_50pct.pth']

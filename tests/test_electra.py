@@ -205,6 +205,23 @@ def test_sample_equal_to_original_is_labelled_real(electra, monkeypatch):
     assert torch.equal(out.is_replaced[1], expected)           # sampled != original -> replaced, nowhere else
 
 
+@pytest.mark.parametrize('nothing_maskable', [[CLS, SEP], [CLS, MASK, SEP, MASK, SEP]])
+def test_a_row_with_nothing_to_mask_is_left_untouched_and_labelled_all_original(electra, monkeypatch, nothing_maskable):
+    # Only specials ([CLS] [SEP], or a text that was all [MASK]s): no candidate position. The generator "samples"
+    # 2000 everywhere, so any sample written into that row would show.
+    ids, types = batch([128, 40])
+    ids[1] = PAD
+    ids[1, :len(nothing_maskable)] = torch.tensor(nothing_maskable)
+    monkeypatch.setattr(electra_module, 'sample_from_softmax',
+                        lambda logits, *a, **k: torch.full(logits.shape[:-1], 2000, dtype=torch.long))
+    for seed in range(5):                                      # the old code wrote [MASK] at position 0 85% of the time
+        torch.manual_seed(seed)
+        out, gen_input, disc_input = run_step(electra, ids, types)
+        assert torch.equal(gen_input[1], ids[1]) and torch.equal(disc_input[1], ids[1])
+        assert not out.is_replaced[1].any() and out.masked_weight[1].sum() == 0
+        assert out.is_replaced[0].any()                        # the other row is masked as usual
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # 5-6. Losses
 # ---------------------------------------------------------------------------------------------------------------

@@ -279,6 +279,31 @@ def test_a_failing_logger_never_stops_training(tokenizer, tmp_path, monkeypatch)
     assert 'head_lr' in (tmp_path / 'run' / 'metrics.csv').read_text()
 
 
+class FixedOutputs(torch.nn.Module):
+    """A 'model' whose output for a row is looked up by its first word id (the dev evaluation sorts by length)."""
+
+    def __init__(self, outputs_by_id):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))  # a parameter, so that the evaluation finds a device
+        self.outputs_by_id = outputs_by_id
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None):
+        return torch.tensor([[self.outputs_by_id[int(i)]] for i in input_ids[:, 1]])
+
+
+def test_stsb_dev_spearman_is_computed_on_the_raw_outputs_not_clipped_ones():
+    import datasets
+    from scipy.stats import spearmanr
+    # Outputs 1.1 and 1.3 (scores 5.5 and 6.5) are in the right order; clipped to 5.0 they would tie
+    outputs = {2000: 0.2, 2001: 0.6, 2002: 1.1, 2003: 1.3}
+    gold = [1.0, 3.0, 4.0, 5.0]
+    dev = datasets.Dataset.from_dict({'input_ids': [[101, i, 102] + [2000] * n for n, i in enumerate(outputs)],
+                                      'token_type_ids': [[0] * (3 + n) for n in range(4)], 'label': gold})
+    metrics = ft.evaluate('STS-B', FixedOutputs(outputs), {'dev': dev})
+    assert metrics['spearman'] == pytest.approx(100.0)
+    assert 100 * spearmanr([1.0, 3.0, 5.0, 5.0], gold)[0] < 95              # what clipping would have given
+
+
 def test_glue_average_row_is_the_mean_of_the_medians_without_wnli():
     rows = [dict(task=t, run=r, seed=r, epoch=1, score=s) for t, scores in
             (('CoLA', (50, 60, 70)), ('RTE', (60, 62, 64)), ('WNLI', (10, 10, 10))) for r, s in enumerate(scores)]

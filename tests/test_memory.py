@@ -1,4 +1,5 @@
 """`keep_freed_memory`: a CPU step's large tensors reuse freed memory instead of being paged in again each step."""
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -31,10 +32,13 @@ def steady_fill_faults(keep):
     return out[0] == 'True', int(out[1])
 
 
-@pytest.mark.skipif(not sys.platform.startswith('linux'), reason='glibc malloc settings')
+@pytest.mark.skipif(platform.libc_ver()[0] != 'glibc', reason='a glibc malloc setting (Linux with glibc only)')
 def test_freed_blocks_are_reused_without_page_faults():
     took, faults = steady_fill_faults(keep=True)
     assert took
     _, faults_without = steady_fill_faults(keep=False)
-    assert faults_without > 4 * 10_000    # glibc mmaps 64 MB afresh each time: 16,384 pages of 4 kB to fault in
-    assert faults < 1_000, f'{faults} page faults when refilling a freed 64 MB block 4 times'
+    # Without it, glibc mmaps 64 MB afresh at each fill: 16,384 faults of 4 kB pages, or as few as 32 where the
+    # kernel backs the block with 2 MB transparent huge pages (THP 'always'): at least one per 2 MB either way.
+    assert faults_without >= 4 * 32
+    assert faults < min(1_000, faults_without / 20), \
+        f'{faults} page faults when refilling a freed 64 MB block 4 times ({faults_without} without keeping it)'

@@ -10,7 +10,7 @@ from _utils.errors import UserError
 from _utils.text import (ExampleBuilder, StepBatches, build_examples, load_tokenizer, pad_examples,
                          pretraining_examples)
 
-CLS, SEP = 101, 102
+CLS, SEP, MASK = 101, 102, 103
 
 
 @pytest.fixture(scope='module')
@@ -240,6 +240,22 @@ def test_cached_examples_are_padded_int_arrays_of_max_length(tokenizer, hf_home,
     assert ids.shape == types.shape == (len(ds), 32)
     assert (ids[:, 0] == CLS).all()
     assert (ids == 0).any() and (types[ids == 0] == 0).all()
+
+
+def test_special_token_strings_in_a_corpus_line_never_become_special_ids(tokenizer, hf_home, tmp_path):
+    corpus = tmp_path / 'specials.txt'
+    corpus.write_text('the cat [PAD] sat on the [MASK] mat.\nthe dog [SEP] ran [CLS] after it.\n\n'
+                      '[MASK] [MASK] [PAD]\nnobody saw [UNK] it.\n', encoding='utf-8')
+    ds = pretraining_examples(str(corpus), tokenizer, 64, num_proc=1, cache_root=tmp_path / 'cache', verbose=False)
+    for ids, types in zip(column(ds, 'input_ids').tolist(), column(ds, 'token_type_ids').tolist()):
+        n = ids.index(0) if 0 in ids else len(ids)                    # real tokens, then only padding
+        assert set(ids[n:]) <= {0} and ids[0] == CLS
+        body = ids[1:n]
+        assert MASK not in body and CLS not in body and 0 not in body and 100 not in body
+        assert [i for i, t in enumerate(ids[:n]) if t == SEP] == \
+            [i for i in range(n) if i == n - 1 or types[i] == 0 and types[i + 1] == 1]   # only the builder's [SEP]s
+    text = ' '.join(tokenizer.decode(row[1:]) for row in column(ds, 'input_ids').tolist())
+    assert '[ mask ] [ mask ] [ pad ]' in text
 
 
 def test_missing_corpus_path_is_a_user_error(tokenizer, tmp_path):
