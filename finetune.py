@@ -68,6 +68,8 @@ class MyConfig(Config):
     weight_decay: float = option(0.0, 'decoupled weight decay (0 for GLUE)')
     adam_eps: float = option(1e-6, 'Adam epsilon (Adam without bias correction)')
     clip: float = option(1.0, 'global gradient-norm clip')
+    loss_reduction: str = option('sum', "a batch's loss: the 'sum' of its examples' losses (the official code) "
+                                 "or their 'mean'", choices=['sum', 'mean'])
     dropout: float = option(0.1, 'dropout on the [CLS] vector before the classifier')
     max_length: int = option(128, 'tokens per example; pairs are truncated from the longer side')
     dev_fraction: float = option(0.1, 'where a task has no dev split: the fraction of train held out as dev')
@@ -128,13 +130,15 @@ check_max_length(pretrained, cfg.max_length)
 recipe = recipe_for(pretrained.size, lr=cfg.lr, layer_lr_decay=cfg.layer_lr_decay,
                     fixed_off_by_one=cfg.fix_layer_decay, batch_size=cfg.batch_size, epochs=cfg.epochs,
                     warmup_fraction=cfg.warmup_fraction, weight_decay=cfg.weight_decay, adam_eps=cfg.adam_eps,
-                    clip=cfg.clip, dropout=cfg.dropout, max_length=cfg.max_length)
+                    clip=cfg.clip, loss_reduction=cfg.loss_reduction, dropout=cfg.dropout,
+                    max_length=cfg.max_length)
 config = pretrained.electra.config
 print(f'Model: {pretrained.source}\n  hidden {config.hidden_size}, {config.num_hidden_layers} layers, '
       f'{count_parameters(pretrained.electra) / 1e6:.1f}M parameters -> the {pretrained.size} recipe: '
       f'lr {recipe.lr:g}, layer decay {recipe.layer_lr_decay:g} '
-      f"({'fixed' if recipe.fixed_off_by_one else 'official'} depths), batch {recipe.batch_size}, warmup "
-      f'{recipe.warmup_fraction:.0%}, weight decay {recipe.weight_decay:g}')
+      f"({'fixed' if recipe.fixed_off_by_one else 'official'} depths), batch {recipe.batch_size} "
+      f'(loss: {recipe.loss_reduction} over the batch), warmup {recipe.warmup_fraction:.0%}, weight decay '
+      f'{recipe.weight_decay:g}')
 
 # ## 3. Where the results go, and what is already done
 # A set of runs lives under its group name (the model's, unless `--group_name`): `runs.csv`, `settings.json` and the
@@ -166,7 +170,8 @@ for name, task_data in data.items():
 # ## 5. Finetuning: `n_runs` runs per task
 # Each run: a fresh head (Xavier-uniform, zero bias) on a fresh copy of the body, Adam without bias correction,
 # lr × decay^(n+2−depth) per layer (the head gets lr, the top layer lr × 0.8², the official off-by-one), warmup
-# 10% × linear decay, clipping at 1.0, batches of similar lengths. After every epoch the dev metrics are computed
+# 10% × linear decay, the batch's loss the *sum* of its examples' losses (as the official code; `--loss_reduction mean`
+# averages), clipping at 1.0, batches of similar lengths. After every epoch the dev metrics are computed
 # and appended to `runs.csv` at once. The best run of each task so far (by its final dev score) is saved as soon as
 # the run ends, for the test set and for `--resume`. A run that fails is reported in one line and the others go on.
 # Ctrl-C stops the script with a line saying how to resume (`--resume` trains only the missing runs).

@@ -65,6 +65,7 @@ class Recipe:
     weight_decay: float = 0.0
     adam_eps: float = 1e-6
     clip: float = 1.0
+    loss_reduction: str = 'sum'     # the batch's per-example losses summed, as the official code does (or 'mean')
     dropout: float = 0.1
     max_length: int = 128
 
@@ -364,23 +365,25 @@ class DevEvaluation(Callback):
     """After every epoch: the mean training loss and the dev metrics, handed to `on_epoch(row)` at once."""
     order = 80
 
-    def __init__(self, task, dev, on_epoch, batch_size=128, precision='fp32'):
+    def __init__(self, task, dev, on_epoch, batch_size=128, precision='fp32', loss_reduction='mean'):
         self.task, self.dev, self.on_epoch = task_by_name(task), dev, on_epoch
-        self.batch_size, self.precision = batch_size, precision
+        self.batch_size, self.precision, self.loss_reduction = batch_size, precision, loss_reduction
         self.history = []
 
     def before_epoch(self):
-        self.loss_sum, self.n_batches, self.t0 = 0.0, 0, time.perf_counter()
+        self.loss_sum, self.n_examples, self.t0 = 0.0, 0, time.perf_counter()
 
     def after_batch(self):
         if self.training:
-            self.loss_sum += self.learn.loss.detach()  # a tensor: no device sync per batch
-            self.n_batches += 1
+            n = len(self.learn.yb[0])
+            # a tensor: no device sync per batch. Per example, whether the batch's losses were summed or averaged
+            self.loss_sum += self.learn.loss.detach() * (1 if self.loss_reduction == 'sum' else n)
+            self.n_examples += n
 
     def after_epoch(self):
         metrics = evaluate(self.task, self.learn.model, self.dev, self.batch_size, self.precision)
         row = dict(epoch=self.epoch + 1, step=self.learn.step,
-                   train_loss=float(self.loss_sum) / max(1, self.n_batches), **metrics,
+                   train_loss=float(self.loss_sum) / max(1, self.n_examples), **metrics,
                    score=main_score(self.task, metrics), seconds=time.perf_counter() - self.t0)
         self.history.append(row)
         self.on_epoch(row)
@@ -408,7 +411,8 @@ def finetuning_learner(model, train_dl, task, recipe, n_layers, epochs, precisio
     cbs = [StepCounter(), SkipValidation(), WarmupLinearDecay(recipe.lr, total_steps, warmup_steps),
            Precision(precision, device.type), ClipGradNorm(recipe.clip), QuietRecorder(), *extra_cbs]
     # As in pretraining, nothing in a step waits for the GPU: batches copied without blocking, loss kept there
-    learn = Learner(DataLoaders(OnDevice(train_dl, device), []), model, loss_func=loss_for(task),
+    learn = Learner(DataLoaders(OnDevice(train_dl, device), []), model,
+                    loss_func=loss_for(task, recipe.loss_reduction),
                     opt_func=lambda params, lr: OptimWrapper(opt=opt), lr=recipe.lr, cbs=cbs, wd_bn_bias=True,
                     train_bn=False)
     learn.recorder.valid_metrics = False
@@ -443,7 +447,8 @@ def finetune_run(data, pretrained, recipe, seed, run=0, precision='fp32', device
     train_dl = glue_dataloader(data.train, recipe.batch_size, shuffle=True, seed=seed,
                                pad_id=pretrained.tokenizer.pad_token_id)
     epochs = recipe.epochs_for(task)
-    evaluation = DevEvaluation(task, data.dev, on_epoch or (lambda row: None), precision=precision)
+    evaluation = DevEvaluation(task, data.dev, on_epoch or (lambda row: None), precision=precision,
+                               loss_reduction=recipe.loss_reduction)
     learn = finetuning_learner(model, train_dl, task, recipe, pretrained.n_layers, epochs, precision, device,
                                [evaluation])
     if log_dir is not None and loggers:

@@ -483,18 +483,26 @@ class ElectraClassifier(nn.Module):
         return self.classifier(self.dropout(hidden[:, 0]))  # (B, n_outputs)
 
 
-def classification_loss(logits, labels):
-    return F.cross_entropy(logits, labels)
+def classification_loss(logits, labels, reduction='mean'):
+    return F.cross_entropy(logits, labels, reduction=reduction)
 
 
-def regression_loss(logits, labels):
+def regression_loss(logits, labels, reduction='mean'):
     # STS-B: the model predicts score/5, so targets in [0, 5] become [0, 1]
-    return F.mse_loss(logits.squeeze(-1).float(), labels.float() / 5)
+    return F.mse_loss(logits.squeeze(-1).float(), labels.float() / 5, reduction=reduction)
 
 
-def loss_for(task):
-    """Cross-entropy for classification; MSE on target/5 for STS-B. A module-level function (picklable)."""
-    return regression_loss if task_by_name(task).is_regression else classification_loss
+LOSS_REDUCTIONS = ('sum', 'mean')
+
+
+def loss_for(task, reduction):
+    """Cross-entropy for classification; MSE on target/5 for STS-B; over a batch, the per-example losses' 'sum'
+    (the official code's, whose gradient clipping at 1.0 then acts on a 32x larger norm) or 'mean'.
+    A partial of a module-level function (picklable)."""
+    if reduction not in LOSS_REDUCTIONS:
+        raise UserError(f"unknown loss reduction '{reduction}'; use one of {', '.join(LOSS_REDUCTIONS)}")
+    loss = regression_loss if task_by_name(task).is_regression else classification_loss
+    return functools.partial(loss, reduction=reduction)
 
 
 def predictions_from_logits(task, logits):

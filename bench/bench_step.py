@@ -447,6 +447,7 @@ def bench_data(args, device):
 def bench_finetune(args, device, precision):
     from _utils.callbacks import autocast_dtype
     from _utils.electra import build_models
+    from _utils.finetuning import Recipe
     from _utils.glue import ElectraClassifier, encode, glue_dataloader, load_glue_tsv, loss_for, task_by_name
     from _utils.optim import make_optimizer
     from _utils.pretraining import seed_everything
@@ -461,7 +462,7 @@ def bench_finetune(args, device, precision):
     n_layers = discriminator.config.num_hidden_layers
     # RECIPE.md: lr 3e-4 (Small), no weight decay, layer-wise lr decay 0.8
     opt = make_optimizer(model, lr=3e-4, weight_decay=0.0, layer_lr_decay=0.8, n_layers=n_layers)
-    loss_fn, dtype = loss_for(task), autocast_dtype(precision)
+    loss_fn, dtype = loss_for(task, Recipe().loss_reduction), autocast_dtype(precision)
 
     def epoch():
         synchronize(device)

@@ -77,7 +77,39 @@ def test_size_from_hidden_width_picks_lr_and_layer_decay():
 def test_recipe_batch_32_warmup_10pct_no_weight_decay_epochs_3_but_10_for_rte_and_stsb():
     r = ft.Recipe()
     assert (r.batch_size, r.warmup_fraction, r.weight_decay, r.clip, r.max_length) == (32, 0.1, 0.0, 1.0, 128)
+    assert r.loss_reduction == 'sum'       # the official run_finetuning.py sums the batch's per-example losses
     assert [r.epochs_for(t) for t in ('CoLA', 'RTE', 'STS-B', 'MNLI')] == [3, 10, 10, 3]
+
+
+@pytest.mark.parametrize('task', ['CoLA', 'STS-B'])
+def test_loss_reduction_sum_adds_the_examples_losses_as_the_official_code_and_mean_averages_them(task):
+    torch.manual_seed(0)
+    if task == 'STS-B': logits, labels = torch.randn(8, 1), torch.rand(8) * 5
+    else: logits, labels = torch.randn(8, 2), torch.randint(0, 2, (8,))
+    each = torch.stack([ft.loss_for(task, 'sum')(logits[i:i + 1], labels[i:i + 1]) for i in range(8)])
+    torch.testing.assert_close(ft.loss_for(task, 'sum')(logits, labels), each.sum())
+    torch.testing.assert_close(ft.loss_for(task, 'mean')(logits, labels), each.mean())
+    with pytest.raises(UserError, match="unknown loss reduction 'avg'"):
+        ft.loss_for(task, 'avg')
+
+
+def test_the_learner_trains_on_the_recipes_loss_reduction_and_reports_the_loss_per_example(tokenizer):
+    data = few_rows_task('SST-2', tokenizer, train_rows=32)
+    losses = {}
+    for reduction in ('sum', 'mean'):
+        seed_everything(0)
+        model = ft.build_classifier(pretrained_of(ElectraModel(tiny_config(len(tokenizer)))), 'SST-2')
+        recipe = ft.Recipe(lr=1e-3, epochs=1, batch_size=8, loss_reduction=reduction)
+        rows = []
+        evaluation = ft.DevEvaluation('SST-2', data.dev, rows.append, loss_reduction=reduction)
+        learn = ft.finetuning_learner(model, ft.glue_dataloader(data.train, batch_size=8, shuffle=False), 'SST-2',
+                                      recipe, n_layers=2, epochs=1, extra_cbs=[evaluation])
+        assert learn.loss_func.keywords == {'reduction': reduction}
+        with learn.no_logging(): learn.fit(1)
+        losses[reduction] = rows[-1]['train_loss']
+    # The first step is the same for both (same weights and batch); the logged loss is per example either way, so
+    # the two runs' epoch losses are of the same size (ln 2 = 0.69 for two classes at the start), not 8x apart
+    assert 0.3 < losses['sum'] / losses['mean'] < 3 and 0.3 < losses['mean'] < 1.5
 
 
 def effective_lrs(model, optimizer):

@@ -433,7 +433,7 @@ def test_head_reads_the_cls_vector(small_electra):
 
 def test_stsb_loss_is_mse_on_target_over_5_and_predictions_are_the_raw_output_times_5():
     logits, targets = torch.tensor([[-0.1], [0.5], [1.2]]), torch.tensor([0.0, 2.0, 5.0])
-    loss = glue.loss_for('STS-B')(logits, targets)
+    loss = glue.loss_for('STS-B', 'mean')(logits, targets)
     assert torch.isclose(loss, ((logits.squeeze(-1) - targets / 5) ** 2).mean())
     # not clipped: dev metrics use the raw outputs (the official scorer); the submission file clips
     assert glue.predictions_from_logits('STS-B', logits).tolist() == pytest.approx([-0.5, 2.5, 6.0])
@@ -441,7 +441,7 @@ def test_stsb_loss_is_mse_on_target_over_5_and_predictions_are_the_raw_output_ti
 
 def test_classification_loss_is_cross_entropy_and_predictions_argmax():
     logits, labels = torch.tensor([[2.0, 0.0, 1.0], [0.0, 3.0, 0.5]]), torch.tensor([0, 2])
-    assert torch.isclose(glue.loss_for('MNLI')(logits, labels), torch.nn.functional.cross_entropy(logits, labels))
+    assert torch.isclose(glue.loss_for('MNLI', 'mean')(logits, labels), torch.nn.functional.cross_entropy(logits, labels))
     assert glue.predictions_from_logits('MNLI', logits).tolist() == [0, 1]
 
 
