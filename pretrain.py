@@ -27,7 +27,7 @@ from _utils.electra import SIZES, count_parameters
 from _utils.errors import ensure_writable, install_excepthook
 from _utils.pretraining import (COMPILE_MODES, build_electra, init_distributed, last_batch_auc, log_metrics,
                                 pick_compile, pick_device, pick_precision, pretraining_learner, seed_everything,
-                                seed_masking, step_dataloader)
+                                rank_zero_first, seed_masking, step_dataloader)
 from _utils.text import load_tokenizer, pretraining_examples
 
 install_excepthook()  # in the script, bad input gives one clear line instead of a traceback
@@ -72,6 +72,8 @@ class MyConfig(Config):
     checkpoint_fractions: str = option('0.0625,0.125,0.25,0.5,1', 'save checkpoints at these fractions of the run')
     checkpoint_dir: str = option('checkpoints/pretrain', 'where checkpoints go (relative paths: from the project folder)')
     log_dir: str = option('logs/pretrain', 'where logs go, a sub-folder per run (relative: from the project folder)')
+    data_cache: str = option('datasets/cache', 'where tokenized, packed examples are cached (relative: from the '
+                             'project folder)')
     resume: str = option('', "continue a run exactly: 'latest' (newest checkpoint in checkpoint_dir, of --run_name "
                          "if given) or a checkpoint path; the run's own settings are used, command-line fields win")
     save_every: int = option(1000, 'also save a rolling checkpoint every N steps (0: never); the newest keep_last stay')
@@ -133,7 +135,9 @@ if rank == 0:  # fail now, not after hours of training, if the outputs cannot be
     ensure_writable(project_path(cfg.log_dir), '--log_dir')
 seed_everything(cfg.seed)
 tokenizer = load_tokenizer(cfg.tokenizer)
-examples = pretraining_examples(cfg.corpus, tokenizer, cfg.max_length, seed=cfg.seed, num_proc=cfg.num_proc or None)
+with rank_zero_first(rank, world_size):  # several processes: rank 0 builds the cache, the others read it
+    examples = pretraining_examples(cfg.corpus, tokenizer, cfg.max_length, seed=cfg.seed,
+                                    num_proc=cfg.num_proc or None, cache_root=project_path(cfg.data_cache))
 print(f'{len(examples):,} examples of up to {cfg.max_length} tokens; vocabulary {len(tokenizer):,}')
 
 # ## 3. The generator and the discriminator

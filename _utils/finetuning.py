@@ -365,7 +365,7 @@ class DevEvaluation(Callback):
     """After every epoch: the mean training loss and the dev metrics, handed to `on_epoch(row)` at once."""
     order = 80
 
-    def __init__(self, task, dev, on_epoch, batch_size=128, precision='fp32', loss_reduction='mean'):
+    def __init__(self, task, dev, on_epoch, batch_size=128, precision='fp32', loss_reduction=Recipe.loss_reduction):
         self.task, self.dev, self.on_epoch = task_by_name(task), dev, on_epoch
         self.batch_size, self.precision, self.loss_reduction = batch_size, precision, loss_reduction
         self.history = []

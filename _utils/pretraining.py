@@ -1,4 +1,5 @@
 """Putting a pretraining run together: device and precision choice, the data loader, the ELECTRA model, the Learner."""
+import contextlib
 import os
 import random
 import sys
@@ -270,6 +271,16 @@ def plot_history(history):
 # ---------------------------------------------------------------------------------------------------------------
 # Several processes (torchrun / accelerate launch)
 # ---------------------------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def rank_zero_first(rank, world_size):
+    """Rank 0 runs the block first, the other ranks after it: rank 0 builds the data cache once, the others read it
+    (all of them building it at once would race on the same folder)."""
+    import torch.distributed as dist
+    if world_size > 1 and rank != 0: dist.barrier()
+    yield
+    if world_size > 1 and rank == 0: dist.barrier()
+
+
 def init_distributed():
     """(rank, world_size, device) from the variables torchrun / accelerate set; one process: (0, 1, None).
 

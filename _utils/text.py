@@ -63,10 +63,11 @@ def load_tokenizer(name_or_path='bundled'):
 
 
 def text_to_ids(tokenizer, texts):
-    """WordPiece ids of user text (a list of strings), without [CLS] / [SEP] and never a special id.
+    """WordPiece ids of user text (a list of strings), without [CLS] / [SEP] added.
 
     A literal "[MASK]", "[PAD]" or "[SEP]" in a corpus line or a GLUE sentence is split like any other text
-    ("[", "mask", "]"), as the official tokenizer does: only the example builder puts special tokens in.
+    ("[", "mask", "]"), as the official tokenizer does: only the example builders put special tokens in (an
+    unknown character still becomes [UNK], as there).
     verbose=False: a line longer than the model's 512 positions would warn, but the callers truncate.
     """
     return tokenizer(texts, add_special_tokens=False, split_special_tokens=True, verbose=False)['input_ids']

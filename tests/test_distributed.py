@@ -1,6 +1,7 @@
 """Data-parallel training with 2 CPU processes (gloo), as torchrun starts them."""
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -71,11 +72,14 @@ def test_a_nonfinite_loss_on_one_rank_stops_both_at_the_same_step_before_the_upd
 def test_the_readme_accelerate_command_runs_pretrain_py_in_two_processes(tmp_path):
     pytest.importorskip('accelerate')
     env = {**os.environ, 'OMP_NUM_THREADS': '1'}
+    # An empty data cache, as on a fresh clone: rank 0 must build it while rank 1 waits (both building it at once
+    # crashed a process on a fresh clone)
     res = subprocess.run([sys.executable, '-m', 'accelerate.commands.launch', '--multi_gpu', '--num_processes', '2',
                           '--num_machines', '1', '--mixed_precision', 'no', '--dynamo_backend', 'no',
                           '--main_process_port', str(free_port()),
                           'pretrain.py', '--size', 'tiny', '--max_steps', '2', '--batch_size', '4', '--logger', 'csv',
-                          '--checkpoint_dir', str(tmp_path / 'ck'), '--log_dir', str(tmp_path / 'logs')],
+                          '--checkpoint_dir', str(tmp_path / 'ck'), '--log_dir', str(tmp_path / 'logs'),
+                          '--data_cache', str(tmp_path / 'cache')],
                          cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
     assert res.returncode == 0, res.stderr[-3000:]
     # The README's command leaves --precision at auto: bf16 on CPUs with AVX512-BF16 or AMX, else fp32
@@ -83,4 +87,7 @@ def test_the_readme_accelerate_command_runs_pretrain_py_in_two_processes(tmp_pat
     precision = pick_precision('auto', torch.device('cpu'))
     assert f'Training 2 steps of 4 x 128 tokens on cpu ({precision}), 2 processes' in res.stdout
     assert res.stdout.count('Checkpoints:') == 1                    # rank 0 reports; rank 1 writes nothing
+    assert len(re.findall(r'Examples: [\d,]+ built', res.stdout)) == 1          # built once, read by the other
+    assert res.stdout.count('Examples: cached in') == 1
+    assert len(list((tmp_path / 'cache').iterdir())) == 1
     assert sorted(p.name for p in (tmp_path / 'ck').iterdir()) == ['demo_seed0_100pct.pth', 'demo_seed0_50pct.pth']

@@ -441,7 +441,8 @@ def test_stsb_loss_is_mse_on_target_over_5_and_predictions_are_the_raw_output_ti
 
 def test_classification_loss_is_cross_entropy_and_predictions_argmax():
     logits, labels = torch.tensor([[2.0, 0.0, 1.0], [0.0, 3.0, 0.5]]), torch.tensor([0, 2])
-    assert torch.isclose(glue.loss_for('MNLI', 'mean')(logits, labels), torch.nn.functional.cross_entropy(logits, labels))
+    assert torch.isclose(glue.loss_for('MNLI', 'mean')(logits, labels),
+                         torch.nn.functional.cross_entropy(logits, labels))
     assert glue.predictions_from_logits('MNLI', logits).tolist() == [0, 1]
 
 
