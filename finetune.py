@@ -24,9 +24,10 @@ warnings.filterwarnings('ignore', message='.*torch.jit.script.*is deprecated')  
 import datasets
 
 from _utils.callbacks import LOGGERS, parse_loggers
-from _utils.config import Config, option, project_path
+from _utils.config import Config, option
 from _utils.electra import SIZES, count_parameters
 from _utils.errors import ensure_writable, install_excepthook
+from _utils.files import project_path
 from _utils.finetuning import (RunsLog, check_max_length, classifier_from_result, finetune_task, finished_runs,
                                format_table, glue_source, group_name_for, load_pretrained, load_tasks, load_test_only,
                                missing_files_report, parse_tasks, predict_test, recipe_for, run_settings, run_seeds,

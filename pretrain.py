@@ -22,10 +22,11 @@ warnings.filterwarnings('ignore', message='.*torch.jit.script.*is deprecated')  
 from _utils.callbacks import LOGGERS, Checkpointer, GracefulStop, MetricsLogger, NonFiniteLoss, parse_loggers
 from _utils.checkpoint import (find_checkpoint, load_checkpoint, load_weights, make_checkpoint,
                                restore_training_state)
-from _utils.config import Config, option, project_path
-from _utils.electra import SIZES, count_parameters
+from _utils.config import Config, option
+from _utils.electra import SIZES, count_parameters, step_metrics
 from _utils.errors import ensure_writable, install_excepthook
-from _utils.pretraining import (COMPILE_MODES, build_electra, init_distributed, last_batch_auc, log_metrics,
+from _utils.files import project_path
+from _utils.pretraining import (COMPILE_MODES, build_electra, init_distributed, last_batch_auc,
                                 pick_compile, pick_device, pick_precision, pretraining_learner, seed_everything,
                                 rank_zero_first, seed_masking, step_dataloader)
 from _utils.text import load_tokenizer, pretraining_examples
@@ -180,7 +181,7 @@ def checkpoint(learn):
 
 checkpointer = Checkpointer(project_path(cfg.checkpoint_dir), cfg.run_name, cfg.seed, cfg.max_steps, checkpoint,
                             cfg.fractions, rank=rank, save_every=cfg.save_every, keep_last=cfg.keep_last)
-metrics = MetricsLogger(log_dir, log_metrics, cfg.log_every, cfg.loggers, cfg.batch_size * cfg.max_length,
+metrics = MetricsLogger(log_dir, step_metrics, cfg.log_every, cfg.loggers, cfg.batch_size * cfg.max_length,
                         run_name=run_id, config=cfg.to_dict(), total_steps=cfg.max_steps, rank=rank,
                         snapshot_fn=last_batch_auc)
 callbacks = [checkpointer, metrics, GracefulStop(checkpointer, world_size),

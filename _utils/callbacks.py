@@ -16,6 +16,9 @@ from fastai.callback.core import (Callback, CancelBatchException, CancelFitExcep
 from fastai.callback.progress import ProgressCallback
 from fastai.learner import AvgSmoothLoss
 
+from .checkpoint import all_ranks_rng_state
+from .errors import UserError
+from .files import atomic_save
 from .optim import linear_warmup_decay
 
 
@@ -141,21 +144,6 @@ class ClipGradNorm(Callback):
         self.learn.grad_norm = torch.nn.utils.clip_grad_norm_(self.learn.model.parameters(), self.max_norm)
 
 
-def atomic_save(obj, path):
-    """torch.save to a temporary file, then rename: a kill during the save never harms an older file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f'.{path.name}.tmp{os.getpid()}')
-    try:
-        with open(tmp, 'wb') as f:
-            torch.save(obj, f)
-            f.flush(); os.fsync(f.fileno())     # on disk before the rename makes it the real file
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists(): tmp.unlink()
-    return path
-
-
 def fraction_label(fraction):
     return f'{fraction * 100:g}pct'
 
@@ -192,7 +180,6 @@ class Checkpointer(Callback):
     def save(self, path):
         check = getattr(self.learn, 'check_finite', None)
         if check: check()                 # never write weights made from a non-finite loss
-        from .checkpoint import all_ranks_rng_state
         rng_per_rank = all_ranks_rng_state()  # with several processes: every rank's random state (all take part)
         if self.rank == 0:
             ckpt = self.make_checkpoint(self.learn)
@@ -361,9 +348,14 @@ class MetricsLogger(Callback):
             row['tokens_per_s'] = self.tokens_per_step * (step - self.step0) / max(now - self.t0, 1e-9)
         self.t0, self.step0 = now, step
         self.history.append(row)
+        self.log(row)
+
+    def log(self, row, skip=()):
+        """`row` to every backend (but those in `skip`); one that fails is reported once and dropped."""
         for name, backend in list(self.backends.items()):
+            if name in skip: continue
             try: backend.log(row)
-            except Exception as e:
+            except Exception as e:  # a logging failure never stops training
                 warnings.warn(f'logger {name} failed and is disabled ({e}); training goes on')
                 self.backends.pop(name)
 
@@ -428,7 +420,6 @@ LOGGERS = tuple(_BACKENDS)
 
 def parse_loggers(spec):
     """--logger 'csv,tensorboard' -> ['csv', 'tensorboard'], 'none' -> []; an unknown name is a one-line error."""
-    from .errors import UserError
     names = [] if spec == 'none' else [n.strip() for n in spec.split(',') if n.strip()]
     for name in names:
         if name not in LOGGERS:

@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .callbacks import atomic_save
 from .errors import UserError
+from .files import PROJECT_DIR, safe_load
 
 FORMAT = 'electra-fastai-pretrain/1'
-CHECKPOINT_DIR = Path(__file__).resolve().parent.parent / 'checkpoints' / 'pretrain'
+CHECKPOINT_DIR = PROJECT_DIR / 'checkpoints' / 'pretrain'
 
 
 def rng_state():
@@ -57,20 +57,12 @@ def make_checkpoint(electra, tokenizer, config, step, total_steps, optimizer=Non
     return ckpt
 
 
-def save_checkpoint(ckpt, path):
-    return atomic_save(ckpt, path)
-
-
 def load_checkpoint(path):
     """Read a checkpoint, refusing truncated or foreign files with one clear line."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint '{path}' does not exist; pick one in {CHECKPOINT_DIR} or run pretrain.py first")
-    try:
-        ckpt = torch.load(path, map_location='cpu', weights_only=True)  # never runs code from the file
-    except Exception as e:
-        raise UserError(f"checkpoint '{path}' cannot be read (truncated or not a torch file: "
-                        f"{str(e).splitlines()[0][:120]}); use another checkpoint") from None
+    ckpt = safe_load(path, 'checkpoint', 'use another checkpoint')
     if not isinstance(ckpt, dict) or ckpt.get('format') != FORMAT:
         raise UserError(f"'{path}' is not a checkpoint of this project (expected format {FORMAT}); "
                         "for Hugging Face models give their folder or hub id instead")

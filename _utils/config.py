@@ -8,22 +8,12 @@ the class defaults, the chosen preset, the environment variable ELECTRA_ARGS, th
     python pretrain.py --help                              # every field, its default and meaning
 """
 import dataclasses
-import difflib
 import os
 import shlex
 import sys
 import typing
-from pathlib import Path
 
-from .errors import UserError
-
-PROJECT_DIR = Path(__file__).resolve().parent.parent
-
-
-def project_path(path):
-    """A path from the config: absolute as given, relative ones from the project folder (not the current one)."""
-    path = Path(os.path.expanduser(str(path)))
-    return path if path.is_absolute() else PROJECT_DIR / path
+from .errors import UserError, did_you_mean
 
 
 def option(default, help, choices=None):
@@ -173,11 +163,11 @@ def _convert(name, value, typ):
 
 
 def _did_you_mean(word, options):
-    close = difflib.get_close_matches(str(word), [str(o) for o in options], n=1, cutoff=0.5)
-    return f" (did you mean '{close[0]}'?)" if close else ''
+    close = did_you_mean(word, options)
+    return f" (did you mean '{close}'?)" if close else ''
 
 
 def _unknown_field_message(cls, name):
-    close = difflib.get_close_matches(name, cls.field_names(), n=1, cutoff=0.5)
-    hint = f"; did you mean --{close[0]}?" if close else ''
+    close = did_you_mean(name, cls.field_names())
+    hint = f"; did you mean --{close}?" if close else ''
     return f"unknown field --{name}{hint} (python {os.path.basename(sys.argv[0] or 'script.py')} --help lists all fields)"

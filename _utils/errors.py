@@ -6,19 +6,17 @@ class UserError(Exception):
     """A problem with the user's input (config, files, data). Its message names the problem and the fix."""
 
 
-def run_main(main, argv=None):
-    """Call `main(argv)`; turn a `UserError` into one line on stderr and exit status 2.
+def first_line(e):
+    """An exception's first line, for a one-line message."""
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
 
-    With `--debug` among the arguments the full traceback is shown instead.
-    """
-    argv = sys.argv[1:] if argv is None else list(argv)
-    debug = '--debug' in argv
-    try:
-        return main([a for a in argv if a != '--debug'])
-    except UserError as e:
-        if debug: raise
-        print(f'error: {e}', file=sys.stderr)
-        sys.exit(2)
+
+def did_you_mean(word, options):
+    """The option closest to a misspelled `word`, or None."""
+    import difflib
+    close = difflib.get_close_matches(str(word), [str(o) for o in options], n=1, cutoff=0.5)
+    return close[0] if close else None
 
 
 def install_excepthook():
@@ -36,7 +34,6 @@ def install_excepthook():
 
 def ensure_writable(folder, flag):
     """Create `folder` and check a file can be written there, before any work starts; else one clear error."""
-    import os
     import tempfile
     from pathlib import Path
     try:

@@ -32,16 +32,17 @@ from fastai.learner import Learner
 from fastai.optimizer import OptimWrapper
 
 from .callbacks import (ClipGradNorm, MetricsLogger, Precision, QuietRecorder, SkipValidation, StepCounter,
-                        WarmupLinearDecay, atomic_save, autocast_dtype)
+                        WarmupLinearDecay, autocast_dtype)
 from .checkpoint import CHECKPOINT_DIR, load_checkpoint, models_from_checkpoint, newest_checkpoint, \
     tokenizer_from_checkpoint
-from .errors import UserError
+from .errors import UserError, first_line
+from .files import atomic_save, atomic_write_text, safe_load
 from .glue import (BUNDLED_GLUE_DIR, GLUE_AVERAGE_TASKS, SUBMISSION_FILES, TASKS, ElectraClassifier, TaskUnavailable, collate,
                    compute_metrics, double_with_swapped, encode, glue_average, glue_dataloader, load_glue_hub,
                    load_glue_tsv, loss_for, main_score, predictions_from_logits, split_off_dev, task_by_name)
 from .optim import make_optimizer
 from .pretraining import OnDevice, keep_freed_memory, seed_everything
-from .text import first_line, load_tokenizer, slug
+from .text import load_tokenizer, slug
 
 # ---------------------------------------------------------------------------------------------------------------
 # The recipe, per model size
@@ -474,12 +475,7 @@ class DevMetricsToLoggers(Callback):
     def after_epoch(self):
         row = self.evaluation.history[-1]
         values = {'step': row['step'], **{f'dev_{k}': v for k, v in row.items() if k not in ('epoch', 'step')}}
-        for name, backend in list(getattr(self.metrics_logger, 'backends', {}).items()):
-            if name == 'csv': continue
-            try: backend.log(values)
-            except Exception as e:  # a logging failure never stops training
-                warnings.warn(f'logger {name} failed and is disabled ({e}); training goes on')
-                self.metrics_logger.backends.pop(name)
+        if hasattr(self.metrics_logger, 'backends'): self.metrics_logger.log(values, skip=('csv',))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -511,7 +507,7 @@ class RunsLog:
                 if earlier: _keep_aside(self.path, settings_file)
                 with self.path.open('w', newline='') as f: csv.writer(f).writerow(RUN_COLUMNS)
             if settings is not None and not (append and earlier and settings_file.exists()):
-                _write_json(settings_file, settings)
+                atomic_write_text(settings_file, json.dumps(settings, indent=1) + '\n')
         except OSError as e:
             self._fail(e)
 
@@ -550,12 +546,6 @@ def _end_with_newline(path):
     with open(path, 'rb+') as f:
         f.seek(-1, os.SEEK_END)
         if f.read(1) != b'\n': f.write(b'\n')
-
-
-def _write_json(path, obj):
-    tmp = path.with_name(f'.{path.name}.tmp{os.getpid()}')
-    tmp.write_text(json.dumps(obj, indent=1) + '\n')
-    os.replace(tmp, path)
 
 
 def run_settings(pretrained, recipe, source, dev_fraction):
@@ -723,11 +713,7 @@ def save_finetuned(run, pretrained, path):
 
 def read_finetuned(path):
     """The dict `save_finetuned` wrote, refusing truncated or foreign files with one clear line."""
-    try:
-        saved = torch.load(path, map_location='cpu', weights_only=True)  # never runs code from the file
-    except Exception as e:
-        raise UserError(f"'{path}' cannot be read (truncated or not a torch file: {first_line(e)[:120]}); "
-                        'finetune again or give another file') from None
+    saved = safe_load(path, 'finetuned model', 'finetune again or give another file')
     if not isinstance(saved, dict) or not {'task', 'electra_config', 'tokenizer', 'state_dict'} <= saved.keys():
         raise UserError(f"'{path}' is not a finetuned model of this project (finetune.py writes them to "
                         'checkpoints/finetune/)')

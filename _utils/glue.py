@@ -12,7 +12,6 @@ Every loader returns `datasets.Dataset`s with the same columns, whatever the sou
     idx        int, the file's own index on test splits (the submission needs it), the row number otherwise
 """
 import csv
-import difflib
 import functools
 import hashlib
 import math
@@ -29,10 +28,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from .dropout import use_fast_dropout
-from .errors import UserError
-from .text import BUILDER_VERSION, first_line, text_to_ids, tokenizer_fingerprint
-
-PROJECT_DIR = Path(__file__).resolve().parent.parent
+from .errors import UserError, did_you_mean, first_line
+from .files import PROJECT_DIR, atomic_write, atomic_write_text
+from .text import BUILDER_VERSION, text_to_ids, tokenizer_fingerprint
 BUNDLED_GLUE_DIR = PROJECT_DIR / 'datasets' / 'glue_sample'
 HUB_DATASET = 'nyu-mll/glue'
 
@@ -150,8 +148,8 @@ def task_by_name(name):
     known |= _ALIASES
     key = _squash(str(name))
     if key in known: return TASKS[known[key]]
-    close = difflib.get_close_matches(str(name), list(TASKS) + [t.hub_config for t in TASKS.values()], n=1, cutoff=0.5)
-    hint = f"did you mean '{close[0]}'? " if close else ''
+    close = did_you_mean(name, list(TASKS) + [t.hub_config for t in TASKS.values()])
+    hint = f"did you mean '{close}'? " if close else ''
     raise UserError(f"unknown GLUE task '{name}'; {hint}known tasks: {', '.join(TASKS)}")
 
 
@@ -567,12 +565,6 @@ class Submission(NamedTuple):
     wrong_sizes: dict  # stem -> (rows written, official test size)
 
 
-def _atomic_write(path, write):
-    tmp = path.with_name(path.name + '.tmp')
-    write(tmp)
-    os.replace(tmp, path)  # a crash never leaves a half-written file under the real name
-
-
 def _prediction_text(task, prediction):
     if task.is_regression:
         value = float(prediction)
@@ -617,7 +609,7 @@ def write_submission(predictions, out_dir, zip_path=None, wnli_test_indices=None
         order = np.argsort(indices, kind='stable')  # test order, whatever order the batches came in
         lines = ['index\tprediction'] + [f'{int(indices[i])}\t{_prediction_text(task, values[i])}' for i in order]
         path = out_dir / f'{stem}.tsv'
-        _atomic_write(path, lambda tmp: tmp.write_text('\n'.join(lines) + '\n', encoding='utf-8'))
+        atomic_write_text(path, '\n'.join(lines) + '\n')  # a crash never leaves a half-written file
         files.append(path)
         if len(indices) != TEST_SIZES[stem]: wrong_sizes[stem] = (len(indices), TEST_SIZES[stem])
 
@@ -627,7 +619,7 @@ def write_submission(predictions, out_dir, zip_path=None, wnli_test_indices=None
     def write_zip(tmp):
         with zipfile.ZipFile(tmp, 'w', zipfile.ZIP_DEFLATED) as z:
             for path in files: z.write(path, arcname=path.name)  # top level, as the server wants
-    _atomic_write(zip_path, write_zip)
+    atomic_write(zip_path, write_zip)
 
     if missing:
         print(f"GLUE submission incomplete: no predictions for {', '.join(s + '.tsv' for s in missing)}; "

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import nbformat
 
-PROJECT_DIR = Path(__file__).resolve().parent.parent
+from .files import PROJECT_DIR
 PAIRS = {'Pretrain.ipynb': 'pretrain.py', 'Finetune_GLUE.ipynb': 'finetune.py'}
 NOTEBOOK_ONLY = '#| notebook-only'
 

@@ -2,7 +2,6 @@
 import contextlib
 import os
 import random
-import sys
 
 import numpy as np
 import torch
@@ -10,8 +9,8 @@ from fastai.callback.core import Callback
 from fastai.data.core import DataLoaders
 from fastai.learner import Learner
 
-from .callbacks import (Checkpointer, ClipGradNorm, DataParallel, MetricsLogger, Precision, QuietRecorder,
-                        SkipValidation, StepCounter, StepProgress, WarmupLinearDecay)
+from .callbacks import (ClipGradNorm, DataParallel, Precision, QuietRecorder, SkipValidation, StepCounter,
+                        StepProgress, WarmupLinearDecay)
 from .electra import ELECTRA, ElectraLoss, build_models, max_predictions_for, step_metrics
 from .errors import UserError
 from .optim import make_optimizer
@@ -135,11 +134,6 @@ class Compiled:
 
     @property
     def cudagraphs(self): return self.mode in ('reduce-overhead', 'max-autotune')
-
-
-def log_metrics(out):
-    """The per-step numbers (0-d tensors, averaged between logs): losses, accuracies, precision, recall, rate."""
-    return step_metrics(out)
 
 
 def last_batch_auc(out):

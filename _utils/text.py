@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import UserError
+from .errors import UserError, first_line
+from .files import PROJECT_DIR
 
-PROJECT_DIR = Path(__file__).resolve().parent.parent
 DATASETS_DIR = PROJECT_DIR / 'datasets'
 BUNDLED_VOCAB = DATASETS_DIR / 'vocab' / 'bert-uncased-vocab.txt'
 BUNDLED_CORPUS = DATASETS_DIR / 'wiki_sample'
@@ -83,11 +83,6 @@ def tokenizer_fingerprint(tokenizer):
 def looks_like_path(s):
     """A string meant as a local path (hub ids look like 'name' or 'owner/name')."""
     return s.startswith(('.', '/', '~')) or s.endswith(('.txt', '.json')) or s.count('/') > 1
-
-
-def first_line(e):
-    lines = str(e).strip().splitlines()
-    return lines[0] if lines else type(e).__name__
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -17,7 +17,8 @@ from fastai.callback.core import Callback                                       
 
 from _utils.callbacks import Checkpointer, GracefulStop, MetricsLogger, NonFiniteLoss        # noqa: E402
 from _utils.checkpoint import rng_state, restore_training_state                              # noqa: E402
-from _utils.pretraining import (build_electra, init_distributed, log_metrics, pretraining_learner,  # noqa: E402
+from _utils.electra import step_metrics  # noqa: E402
+from _utils.pretraining import (build_electra, init_distributed, pretraining_learner,  # noqa: E402
                                 seed_everything, seed_masking, step_dataloader)
 from _utils.text import Batches, load_tokenizer                                              # noqa: E402
 
@@ -65,7 +66,7 @@ class NanOnRank1(Callback):
 
 checkpointer = Checkpointer(out / 'ckpt', 'ddp', 0, 3, make_checkpoint, fractions=(1.0,), rank=rank)
 stopper = GracefulStop(checkpointer, world_size, agree_every=1)
-cbs = [checkpointer, stopper, MetricsLogger(out / 'logs', log_metrics, every=1, loggers=('csv',), rank=rank,
+cbs = [checkpointer, stopper, MetricsLogger(out / 'logs', step_metrics, every=1, loggers=('csv',), rank=rank,
                                             total_steps=3)]
 if mode == 'stop': cbs.append(SignalRank1())
 if mode == 'nan': cbs += [NanOnRank1(), NonFiniteLoss(world_size=world_size)]

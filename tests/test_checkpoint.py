@@ -10,7 +10,7 @@ import torch
 from transformers import ElectraConfig, ElectraForMaskedLM, ElectraForPreTraining
 
 from _utils import checkpoint
-from _utils.callbacks import atomic_save
+from _utils.files import atomic_save
 from _utils.electra import ELECTRA, share_embeddings
 from _utils.errors import UserError
 from _utils.optim import make_optimizer
@@ -33,7 +33,7 @@ def electra(tokenizer):
 def saved(electra, tokenizer, tmp_path_factory):
     path = tmp_path_factory.mktemp('ckpt') / 'run_seed0_50pct.pth'
     ckpt = checkpoint.make_checkpoint(electra, tokenizer, dict(size='custom', lr=5e-4), step=500, total_steps=1000)
-    checkpoint.save_checkpoint(ckpt, path)
+    atomic_save(ckpt, path)
     return path
 
 
@@ -79,7 +79,7 @@ def test_optimizer_state_round_trips(electra, tokenizer, tmp_path):
     for p in electra.parameters(): p.grad = torch.full_like(p, 0.1)
     opt.step()
     electra.zero_grad(set_to_none=True)
-    path = checkpoint.save_checkpoint(checkpoint.make_checkpoint(electra, tokenizer, {}, 1, 10, optimizer=opt),
+    path = atomic_save(checkpoint.make_checkpoint(electra, tokenizer, {}, 1, 10, optimizer=opt),
                                       tmp_path / 'a.pth')
     restored = make_optimizer(electra, lr=1e-3)
     restored.load_state_dict(checkpoint.load_checkpoint(path)['optimizer'])

@@ -15,7 +15,8 @@ import torch
 from transformers import ElectraConfig, ElectraForMaskedLM, ElectraForPreTraining, ElectraModel
 
 from _utils import finetuning as ft
-from _utils.checkpoint import export_huggingface, make_checkpoint, save_checkpoint
+from _utils.checkpoint import export_huggingface, make_checkpoint
+from _utils.files import atomic_save
 from _utils.electra import share_embeddings
 from _utils.errors import UserError
 from _utils.glue import BUNDLED_GLUE_DIR, encode
@@ -170,7 +171,7 @@ def test_checkpoint_file_and_its_huggingface_export_give_the_same_predictions(to
     share_embeddings(gen, disc)
     ckpt = make_checkpoint(types.SimpleNamespace(generator=gen, discriminator=disc), tokenizer, {}, 7, 10,
                            with_rng=False)
-    path = save_checkpoint(ckpt, tmp_path / 'pretrain' / 'tiny_seed0_100pct.pth')
+    path = atomic_save(ckpt, tmp_path / 'pretrain' / 'tiny_seed0_100pct.pth')
     export_huggingface(ckpt, tmp_path / 'hf')
 
     from_checkpoint = ft.load_pretrained(str(path))

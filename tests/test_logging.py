@@ -7,7 +7,8 @@ import torch
 
 from _utils import callbacks
 from _utils.callbacks import MetricsLogger
-from _utils.pretraining import build_electra, log_metrics, pretraining_learner, step_dataloader
+from _utils.electra import step_metrics
+from _utils.pretraining import build_electra, pretraining_learner, step_dataloader
 from _utils.text import load_tokenizer
 
 TOKENIZER = load_tokenizer('bundled')
@@ -44,7 +45,7 @@ class Broken:
 
 def test_a_failing_logger_is_dropped_and_training_goes_on(tmp_path, monkeypatch):
     monkeypatch.setitem(callbacks._BACKENDS, 'broken', Broken)
-    logger = MetricsLogger(tmp_path, log_metrics, every=1, loggers=('broken', 'csv'), total_steps=3)
+    logger = MetricsLogger(tmp_path, step_metrics, every=1, loggers=('broken', 'csv'), total_steps=3)
     with pytest.warns(UserWarning, match='logger broken failed'):
         learn = train(logger)
     assert learn.step == 3
@@ -54,14 +55,14 @@ def test_a_failing_logger_is_dropped_and_training_goes_on(tmp_path, monkeypatch)
 def test_an_unwritable_log_folder_turns_logging_off_not_training(tmp_path):
     blocker = tmp_path / 'file'
     blocker.write_text('not a folder')
-    logger = MetricsLogger(blocker / 'logs', log_metrics, every=1, loggers=('csv',), total_steps=3)
+    logger = MetricsLogger(blocker / 'logs', step_metrics, every=1, loggers=('csv',), total_steps=3)
     with pytest.warns(UserWarning, match='cannot create the log folder'):
         learn = train(logger)
     assert learn.step == 3 and len(logger.history) == 3
 
 
 def test_tensorboard_writes_event_files(tmp_path):
-    train(MetricsLogger(tmp_path, log_metrics, every=1, loggers=('tensorboard',), total_steps=3))
+    train(MetricsLogger(tmp_path, step_metrics, every=1, loggers=('tensorboard',), total_steps=3))
     assert list(tmp_path.glob('events.out.tfevents.*'))
 
 
@@ -69,7 +70,7 @@ def test_neptune_logs_offline_without_a_server(tmp_path, monkeypatch):
     pytest.importorskip('neptune')
     monkeypatch.chdir(tmp_path)                       # offline runs are written under ./.neptune/
     monkeypatch.delenv('NEPTUNE_MODE', raising=False)
-    train(MetricsLogger(tmp_path / 'logs', log_metrics, every=1, loggers=('neptune',), total_steps=3))
+    train(MetricsLogger(tmp_path / 'logs', step_metrics, every=1, loggers=('neptune',), total_steps=3))
     assert list((tmp_path / '.neptune' / 'offline').glob('run__*'))
 
 
@@ -116,7 +117,7 @@ def test_an_immediate_nonfinite_check_stops_before_the_update():
 
 
 def test_the_smoothed_loss_stays_on_the_device_and_the_history_is_bounded():
-    logger = MetricsLogger('/tmp/unused', log_metrics, every=1, loggers=(), total_steps=3)
+    logger = MetricsLogger('/tmp/unused', step_metrics, every=1, loggers=(), total_steps=3)
     learn = train(logger)
     losses = [row['loss'] for row in logger.history]               # each step's loss (logged every step)
     expected = 0.0
