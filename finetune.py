@@ -28,12 +28,13 @@ from _utils.config import Config, option
 from _utils.electra import SIZES, count_parameters
 from _utils.errors import ensure_writable, install_excepthook
 from _utils.files import project_path
-from _utils.finetuning import (RunsLog, check_max_length, classifier_from_result, finetune_task, finished_runs,
-                               format_table, glue_source, group_name_for, load_pretrained, load_tasks, load_test_only,
-                               missing_files_report, parse_tasks, predict_test, recipe_for, run_settings, run_seeds,
-                               save_finetuned, save_summary, saved_best, summarize)
-from _utils.glue import write_submission
-from _utils.pretraining import pick_device, pick_precision
+from _utils.finetuning import group_name_for, missing_files_report, predict_test, recipe_for, run_seeds
+from _utils.glue_data import glue_source, load_tasks, load_test_only, parse_tasks
+from _utils.glue_scores import write_submission
+from _utils.learner import pick_device, pick_precision
+from _utils.models import check_max_length, classifier_from_result, load_pretrained, save_finetuned
+from _utils.runs import (RunsLog, finetune_task, finished_runs, format_table, run_settings, save_summary, saved_best,
+                         summarize)
 
 install_excepthook()  # in the script, bad input gives one clear line instead of a traceback
 datasets.disable_progress_bars()  # dozens of small tokenizing passes: their bars would bury the results

@@ -26,9 +26,10 @@ from _utils.config import Config, option
 from _utils.electra import SIZES, count_parameters, step_metrics
 from _utils.errors import ensure_writable, install_excepthook
 from _utils.files import project_path
-from _utils.pretraining import (COMPILE_MODES, build_electra, init_distributed, last_batch_auc,
-                                pick_compile, pick_device, pick_precision, pretraining_learner, seed_everything,
-                                rank_zero_first, seed_masking, step_dataloader)
+from _utils.learner import (init_distributed, pick_device, pick_precision, rank_zero_first, seed_everything,
+                            seed_masking)
+from _utils.pretraining import (COMPILE_MODES, build_electra, last_batch_auc, pick_compile, pretraining_learner,
+                                step_dataloader)
 from _utils.text import load_tokenizer, pretraining_examples
 
 install_excepthook()  # in the script, bad input gives one clear line instead of a traceback
@@ -160,7 +161,7 @@ print(f'ELECTRA-{cfg.size}: discriminator {count_parameters(electra.discriminato
 # fractions of the run and metrics every `log_every` steps.
 # On a GPU the step is compiled (`--compile`: CUDA graphs on one GPU), and nothing in it waits for the GPU: the
 # metrics are summed on the device and read back only when they are logged.
-# On a CPU, dropout makes its masks 2-4× faster than torch's `bernoulli_` (`_utils/dropout.py`: the same
+# On a CPU, dropout makes its masks 2-4× faster than torch's `bernoulli_` (`_utils/speedups.py`: the same
 # probability and scaling), and freed memory stays in the process instead of being paged in again every step.
 
 seed_masking(cfg.seed, rank, world_size)

@@ -15,8 +15,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .dropout import use_fast_dropout
 from .errors import UserError
+from .speedups import inverse_cdf_sample, use_fast_dropout
 
 # Discriminator and generator shapes. Generator: same depth, a fraction of the width (RECIPE.md, "Model sizes").
 # `tiny` is this project's own size for quick CPU runs; the others are the paper's.
@@ -94,7 +94,7 @@ class ELECTRA(nn.Module):
                  sampling='auto'):
         super().__init__()
         self.generator, self.discriminator = generator, discriminator
-        use_fast_dropout(self)  # the same dropout, 2-4x faster in CPU training
+        use_fast_dropout(self)  # the same dropout, faster in CPU training (speedups.py)
         self.mask_token_id, self.pad_token_id = mask_token_id, pad_token_id
         self.register_buffer('special_token_ids', torch.tensor(sorted(set(special_token_ids))), persistent=False)
         self.mask_prob, self.max_predictions = mask_prob, max_predictions
@@ -175,7 +175,7 @@ def slot_writes(values, masked_ids, weight):
 
 
 def generator_logits_at(generator, input_ids, attention_mask, token_type_ids, positions):
-    """Generator MLM logits only at `positions` (B, N): the vocab projection is ~40x cheaper than on all L tokens."""
+    """Generator MLM logits only at `positions` (B, N): the vocabulary projection on N slots, not all L tokens."""
     hidden = generator.electra(input_ids=input_ids, attention_mask=attention_mask,
                                token_type_ids=token_type_ids).last_hidden_state             # (B, L, H)
     hidden = hidden.gather(1, positions.unsqueeze(-1).expand(-1, -1, hidden.size(-1)))      # (B, N, H)
@@ -186,8 +186,8 @@ def sample_from_softmax(logits, temperature=1.0, method='auto'):
     """One exact sample per row from softmax(logits / T), in fp32 (call under no_grad).
 
     'gumbel': argmax(logits/T + Gumbel noise), the official way; one random number per vocab entry.
-    'inverse_cdf': one uniform per row looked up in the cumulative softmax; the same distribution, and ~5x
-    faster on CPUs, where drawing V random numbers per masked token dominates the step.
+    'inverse_cdf': one uniform per row looked up in the cumulative softmax (`speedups.inverse_cdf_sample`); the
+    same distribution, faster on CPUs, where drawing V random numbers per masked token is slow.
     'auto': gumbel on GPUs, inverse_cdf on CPUs.
     """
     logits = logits.float()                                                        # (..., V)
@@ -201,30 +201,6 @@ def sample_from_softmax(logits, temperature=1.0, method='auto'):
         probs = logits.softmax(-1)
         return inverse_cdf_sample(probs.reshape(-1, probs.size(-1))).view(probs.shape[:-1])
     raise ValueError(f'unknown sampling method {method!r}')
-
-
-def inverse_cdf_sample(probs, block=256):
-    """One index per row of `probs` (R, V), drawn with probability probs[r, i] / sum(probs[r]).
-
-    A uniform u in [0, row sum) is placed first among the cumulative sums of blocks of `block` entries, then inside
-    its block: the same draw as a search in the full cumulative sum, but the V-long scan (serial, and ~3x slower
-    than the rest on CPUs) becomes one reduction and two short scans. (torch.multinomial draws the same sample, but
-    took 530 ms for (608, 30522) probabilities on the 2-core CPU, against 7 ms here.)
-    """
-    R, V = probs.shape
-    n_full = V // block
-    sums = [probs[:, :n_full * block].unflatten(-1, (n_full, block)).sum(-1)]      # (R, n_full)
-    if V % block: sums.append(probs[:, n_full * block:].sum(-1, keepdim=True))      # the shorter last block
-    block_cdf = torch.cat(sums, -1).cumsum(-1)                                     # (R, n_blocks)
-    u = torch.rand(R, 1, device=probs.device) * block_cdf[:, -1:]                  # (R, 1)
-    b = torch.searchsorted(block_cdf, u, right=True).clamp_max(block_cdf.size(-1) - 1)   # u's block
-    before = torch.where(b > 0, block_cdf.gather(1, (b - 1).clamp_min(0)), 0.0)    # mass of the blocks before it
-    ids = b * block + torch.arange(block, device=probs.device)                     # (R, block)
-    in_vocab = ids < V
-    within = (probs.gather(1, ids.clamp_max(V - 1)) * in_vocab).cumsum(-1)         # (R, block)
-    j = torch.searchsorted(within, u - before, right=True)
-    # Rounding can put u - before a hair above the block's own sum: take its last entry then
-    return (b * block + torch.minimum(j, in_vocab.sum(-1, keepdim=True) - 1)).squeeze(-1)
 
 
 class ElectraLoss(nn.Module):

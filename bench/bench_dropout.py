@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""CPU dropout: torch's against this project's (`_utils/dropout.py`), at the shapes of an ELECTRA-Small step.
+"""CPU dropout: torch's against this project's (`_utils/speedups.py`), at the shapes of an ELECTRA-Small step.
 
     python bench/bench_dropout.py [--batch_size 32] [--repeats 30]
 
@@ -18,8 +18,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from _utils.dropout import dropout_mask, fast_dropout  # noqa: E402
-from _utils.pretraining import keep_freed_memory  # noqa: E402
+from _utils.speedups import dropout_mask, fast_dropout  # noqa: E402
+from _utils.speedups import keep_freed_memory
 
 P = 0.1  # RECIPE.md: dropout 0.1 on hidden states and attention probabilities
 

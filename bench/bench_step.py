@@ -90,7 +90,7 @@ def parse_args(argv=None):
 # ---------------------------------------------------------------------------------------------------------------
 def setup(args):
     """Threads, device and the default precision, as pretrain.py picks them."""
-    from _utils.pretraining import pick_device, pick_precision
+    from _utils.learner import pick_device, pick_precision
     torch.set_num_threads(args.threads)
     device = pick_device(args.device)
     return device, pick_precision('auto', device)
@@ -170,7 +170,7 @@ def _is_number(s):
 def worker(args):
     """Build one variant, run warmup + timed steps, write {step_s: [...], ...} to --result_file."""
     device, precision = setup(args)
-    from _utils.pretraining import seed_everything
+    from _utils.learner import seed_everything
     seed_everything(args.seed)
     tokenizer, examples = bundled_examples(args)
     if device.type == 'cuda': torch.cuda.reset_peak_memory_stats(device)
@@ -185,7 +185,8 @@ def run_ours(args, tokenizer, examples, device, precision):
     """pretrain.py's step: the Learner from `pretraining_learner`, its callbacks and a MetricsLogger (no backends)."""
     from fastai.callback.core import Callback
     from _utils.callbacks import MetricsLogger
-    from _utils.pretraining import build_electra, log_metrics, pick_compile, pretraining_learner
+    from _utils.electra import step_metrics
+    from _utils.pretraining import build_electra, pick_compile, pretraining_learner
 
     class StepTimer(Callback):
         order = 100  # after every other callback's after_batch: the step as the Learner runs it
@@ -205,7 +206,7 @@ def run_ours(args, tokenizer, examples, device, precision):
     electra = build_electra(args.size, tokenizer, max_length=args.max_length)
     timer = StepTimer()
     with tempfile.TemporaryDirectory() as log_dir:
-        logger = MetricsLogger(log_dir, log_metrics, every=50, loggers=(),
+        logger = MetricsLogger(log_dir, step_metrics, every=50, loggers=(),
                                tokens_per_step=args.batch_size * args.max_length, total_steps=total)
         compile_mode = pick_compile(args.compile, device)
         learn = pretraining_learner(electra, step_loader(args, examples, device, total), lr=PRETRAIN_LR,
@@ -448,9 +449,11 @@ def bench_finetune(args, device, precision):
     from _utils.callbacks import autocast_dtype
     from _utils.electra import build_models
     from _utils.finetuning import Recipe
-    from _utils.glue import ElectraClassifier, encode, glue_dataloader, load_glue_tsv, loss_for, task_by_name
+    from _utils.glue import load_glue_tsv, task_by_name
+    from _utils.classifier import ElectraClassifier, loss_for
+    from _utils.glue_data import encode, glue_dataloader
     from _utils.optim import make_optimizer
-    from _utils.pretraining import seed_everything
+    from _utils.learner import seed_everything
     from _utils.text import load_tokenizer
     seed_everything(args.seed)
     task = task_by_name(args.finetune_task)
@@ -506,9 +509,10 @@ QUALITY_TOLERANCE = 0.05
 
 def quality_run(args, device, precision, sampling, examples, tokenizer, compile_mode='none', torch_dropout=False):
     """Train `quality_steps` steps from the same seed (same init, same batches); per-step MLM and disc losses.
-    `torch_dropout`: torch's dropout and SDPA instead of the project's CPU dropout (`_utils/dropout.py`)."""
+    `torch_dropout`: torch's dropout and SDPA instead of the project's CPU dropout (`_utils/speedups.py`)."""
     from fastai.callback.core import Callback
-    from _utils.pretraining import build_electra, pretraining_learner, seed_everything
+    from _utils.pretraining import build_electra, pretraining_learner
+    from _utils.learner import seed_everything
 
     class LossRecorder(Callback):
         order = 100
@@ -522,7 +526,7 @@ def quality_run(args, device, precision, sampling, examples, tokenizer, compile_
     electra = build_electra(args.size, tokenizer, max_length=args.max_length)
     electra.sampling = sampling
     if torch_dropout:
-        from _utils.dropout import FastDropout
+        from _utils.speedups import FastDropout
         for module in electra.modules():
             if isinstance(module, FastDropout): module.__class__ = torch.nn.Dropout
         for net in (electra.generator, electra.discriminator): net.config._attn_implementation = 'sdpa'

@@ -35,7 +35,9 @@ def main():
     from fastai.callback.core import Callback
     from torch.profiler import ProfilerActivity, profile
     from _utils.callbacks import MetricsLogger
-    from _utils.pretraining import build_electra, log_metrics, pick_compile, pretraining_learner, seed_everything
+    from _utils.electra import step_metrics
+    from _utils.pretraining import build_electra, pick_compile, pretraining_learner
+    from _utils.learner import seed_everything
     seed_everything(0)
     tokenizer, examples = bench_step.bundled_examples(args)
     total = args.warmup + args.steps
@@ -58,7 +60,7 @@ def main():
     window = Window()
     mode = pick_compile(args.compile, device)
     electra = build_electra(args.size, tokenizer, max_length=args.max_length)
-    logger = MetricsLogger('/tmp/profile_step_logs', log_metrics, every=50, loggers=(), total_steps=total)
+    logger = MetricsLogger('/tmp/profile_step_logs', step_metrics, every=50, loggers=(), total_steps=total)
     learn = pretraining_learner(electra, bench_step.step_loader(args, examples, device, total), lr=5e-4,
                                 total_steps=total, warmup_steps=total, precision=precision, device=device,
                                 extra_cbs=[logger, window], compile=mode, metrics=logger)

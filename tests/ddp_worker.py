@@ -18,8 +18,8 @@ from fastai.callback.core import Callback                                       
 from _utils.callbacks import Checkpointer, GracefulStop, MetricsLogger, NonFiniteLoss        # noqa: E402
 from _utils.checkpoint import rng_state, restore_training_state                              # noqa: E402
 from _utils.electra import step_metrics  # noqa: E402
-from _utils.pretraining import (build_electra, init_distributed, pretraining_learner,  # noqa: E402
-                                seed_everything, seed_masking, step_dataloader)
+from _utils.pretraining import build_electra, pretraining_learner, step_dataloader
+from _utils.learner import init_distributed, seed_everything, seed_masking
 from _utils.text import Batches, load_tokenizer                                              # noqa: E402
 
 out = Path(sys.argv[1])

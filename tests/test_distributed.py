@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from _utils.pretraining import pick_precision
+from _utils.learner import pick_precision
 
 ROOT = Path(__file__).resolve().parents[1]
 

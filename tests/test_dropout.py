@@ -1,4 +1,4 @@
-"""The CPU dropout (`_utils/dropout.py`) is dropout as RECIPE.md has it: p = 0.1 on hidden states and on attention
+"""The CPU dropout (`_utils/speedups.py`) is dropout as RECIPE.md has it: p = 0.1 on hidden states and on attention
 probabilities, kept values scaled by 1 / (1 - p); only the way the random bits are drawn differs from torch's."""
 import math
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from _utils.dropout import ATTENTION, FastDropout, fast_dropout, keep_mask, sdpa_fast_dropout, use_fast_dropout
+from _utils.speedups import ATTENTION, FastDropout, fast_dropout, keep_mask, sdpa_fast_dropout, use_fast_dropout
 from _utils.electra import build_models
 
 

@@ -12,15 +12,15 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from transformers import ElectraConfig, ElectraForMaskedLM, ElectraForPreTraining, ElectraModel
-
-from _utils import finetuning as ft
+from _utils import classifier, finetuning as ft, glue, glue_data, models, runs
 from _utils.checkpoint import export_huggingface, make_checkpoint
-from _utils.files import atomic_save
 from _utils.electra import share_embeddings
 from _utils.errors import UserError
-from _utils.glue import BUNDLED_GLUE_DIR, encode
-from _utils.pretraining import seed_everything
+from _utils.files import atomic_save
+from _utils.glue import BUNDLED_GLUE_DIR
+from _utils.glue_data import encode
+from _utils.learner import seed_everything
+from transformers import ElectraConfig, ElectraForMaskedLM, ElectraForPreTraining, ElectraModel
 
 PROJECT = Path(__file__).resolve().parents[1]
 HUB_FIXTURE = PROJECT / 'tests' / 'fixtures' / 'glue_hf'
@@ -50,7 +50,7 @@ def tiny_config(vocab_size, layers=2, **kw):
 
 
 def pretrained_of(electra, tokenizer=None):
-    return ft.Pretrained(electra, tokenizer, 'tiny-test', 'built in the test')
+    return models.Pretrained(electra, tokenizer, 'tiny-test', 'built in the test')
 
 
 @pytest.fixture(scope='module')
@@ -67,7 +67,7 @@ def tiny_hf_folder(tokenizer, tmp_path_factory):
 # The recipe per size, and layer-wise learning rates on the finetuning model
 # ---------------------------------------------------------------------------------------------------------------
 def test_size_from_hidden_width_picks_lr_and_layer_decay():
-    sizes = {h: ft.size_of(types.SimpleNamespace(hidden_size=h)) for h in (128, 256, 768, 1024)}
+    sizes = {h: models.size_of(types.SimpleNamespace(hidden_size=h)) for h in (128, 256, 768, 1024)}
     assert sizes == {128: 'small', 256: 'small', 768: 'base', 1024: 'large'}
     assert (ft.recipe_for('small').lr, ft.recipe_for('small').layer_lr_decay) == (3e-4, 0.8)
     assert (ft.recipe_for('base').lr, ft.recipe_for('base').layer_lr_decay) == (1e-4, 0.8)
@@ -87,11 +87,11 @@ def test_loss_reduction_sum_adds_the_examples_losses_as_the_official_code_and_me
     torch.manual_seed(0)
     if task == 'STS-B': logits, labels = torch.randn(8, 1), torch.rand(8) * 5
     else: logits, labels = torch.randn(8, 2), torch.randint(0, 2, (8,))
-    each = torch.stack([ft.loss_for(task, 'sum')(logits[i:i + 1], labels[i:i + 1]) for i in range(8)])
-    torch.testing.assert_close(ft.loss_for(task, 'sum')(logits, labels), each.sum())
-    torch.testing.assert_close(ft.loss_for(task, 'mean')(logits, labels), each.mean())
+    each = torch.stack([classifier.loss_for(task, 'sum')(logits[i:i + 1], labels[i:i + 1]) for i in range(8)])
+    torch.testing.assert_close(classifier.loss_for(task, 'sum')(logits, labels), each.sum())
+    torch.testing.assert_close(classifier.loss_for(task, 'mean')(logits, labels), each.mean())
     with pytest.raises(UserError, match="unknown loss reduction 'avg'"):
-        ft.loss_for(task, 'avg')
+        classifier.loss_for(task, 'avg')
 
 
 def test_the_learner_trains_on_the_recipes_loss_reduction_and_reports_the_loss_per_example(tokenizer):
@@ -99,11 +99,11 @@ def test_the_learner_trains_on_the_recipes_loss_reduction_and_reports_the_loss_p
     losses = {}
     for reduction in ('sum', 'mean'):
         seed_everything(0)
-        model = ft.build_classifier(pretrained_of(ElectraModel(tiny_config(len(tokenizer)))), 'SST-2')
+        model = models.build_classifier(pretrained_of(ElectraModel(tiny_config(len(tokenizer)))), 'SST-2')
         recipe = ft.Recipe(lr=1e-3, epochs=1, batch_size=8, loss_reduction=reduction)
         rows = []
         evaluation = ft.DevEvaluation('SST-2', data.dev, rows.append, loss_reduction=reduction)
-        learn = ft.finetuning_learner(model, ft.glue_dataloader(data.train, batch_size=8, shuffle=False), 'SST-2',
+        learn = ft.finetuning_learner(model, glue_data.glue_dataloader(data.train, batch_size=8, shuffle=False), 'SST-2',
                                       recipe, n_layers=2, epochs=1, extra_cbs=[evaluation])
         assert learn.loss_func.keywords == {'reduction': reduction}
         with learn.no_logging(): learn.fit(1)
@@ -120,7 +120,7 @@ def effective_lrs(model, optimizer):
 
 @pytest.fixture(scope='module')
 def twelve_layer_classifier():
-    return ft.build_classifier(pretrained_of(ElectraModel(tiny_config(100, layers=12))), 'CoLA')
+    return models.build_classifier(pretrained_of(ElectraModel(tiny_config(100, layers=12))), 'CoLA')
 
 
 def test_layer_lrs_head_lr_top_layer_lr_times_0_8_squared_embeddings_0_8_to_the_14(twelve_layer_classifier):
@@ -152,9 +152,9 @@ def test_finetuning_optimizer_is_adam_without_bias_correction_and_no_weight_deca
 
 
 def test_learner_warms_up_10pct_and_decays_to_zero_over_all_epochs(tokenizer):
-    model = ft.build_classifier(pretrained_of(ElectraModel(tiny_config(len(tokenizer)))), 'SST-2')
+    model = models.build_classifier(pretrained_of(ElectraModel(tiny_config(len(tokenizer)))), 'SST-2')
     data = few_rows_task('SST-2', tokenizer, train_rows=64)
-    train_dl = ft.glue_dataloader(data.train, batch_size=8)
+    train_dl = glue_data.glue_dataloader(data.train, batch_size=8)
     learn = ft.finetuning_learner(model, train_dl, 'SST-2', ft.Recipe(lr=1e-3), n_layers=2, epochs=5)
     assert learn.total_steps == 40
     warmup = next(cb for cb in learn.cbs if type(cb).__name__ == 'WarmupLinearDecay')
@@ -174,40 +174,40 @@ def test_checkpoint_file_and_its_huggingface_export_give_the_same_predictions(to
     path = atomic_save(ckpt, tmp_path / 'pretrain' / 'tiny_seed0_100pct.pth')
     export_huggingface(ckpt, tmp_path / 'hf')
 
-    from_checkpoint = ft.load_pretrained(str(path))
-    from_folder = ft.load_pretrained(str(tmp_path / 'hf' / 'discriminator'))
-    latest = ft.load_pretrained('latest', checkpoint_dir=tmp_path / 'pretrain')
+    from_checkpoint = models.load_pretrained(str(path))
+    from_folder = models.load_pretrained(str(tmp_path / 'hf' / 'discriminator'))
+    latest = models.load_pretrained('latest', checkpoint_dir=tmp_path / 'pretrain')
     assert latest.name == from_checkpoint.name == 'tiny_seed0_100pct'
 
-    rows = ft.glue_source('bundled').load('MRPC')['dev'].select(range(6))
+    rows = glue_data.glue_source('bundled').load('MRPC')['dev'].select(range(6))
     encoded = encode(rows, from_folder.tokenizer)
     assert encoded['input_ids'] == encode(rows, from_checkpoint.tokenizer)['input_ids']
     logits = []
     for pretrained in (from_checkpoint, from_folder):
         seed_everything(0)  # same head initialisation
-        logits.append(ft.predict_logits(ft.build_classifier(pretrained, 'MRPC'), encoded))
+        logits.append(ft.predict_logits(models.build_classifier(pretrained, 'MRPC'), encoded))
     torch.testing.assert_close(logits[0], logits[1])
 
 
 def test_model_errors_are_one_line_user_errors(tmp_path, monkeypatch):
     with pytest.raises(UserError, match='no checkpoint'):
-        ft.load_pretrained('latest', checkpoint_dir=tmp_path)
+        models.load_pretrained('latest', checkpoint_dir=tmp_path)
     with pytest.raises(UserError, match='does not exist'):
-        ft.load_pretrained(str(tmp_path / 'missing.pth'))
+        models.load_pretrained(str(tmp_path / 'missing.pth'))
     (tmp_path / 'empty').mkdir()
     with pytest.raises(UserError, match='config.json'):
-        ft.load_pretrained(str(tmp_path / 'empty'))
+        models.load_pretrained(str(tmp_path / 'empty'))
 
     def offline(name):
         raise OSError("We couldn't connect to 'https://huggingface.co' to load the files\nand more")
-    monkeypatch.setattr(ft, '_electra_body', offline)
+    monkeypatch.setattr(models, '_electra_body', offline)
     with pytest.raises(UserError, match=r'hub.*--model latest.*save_pretrained.*random') as e:
-        ft.load_pretrained('google/electra-small-discriminator')
+        models.load_pretrained('google/electra-small-discriminator')
     assert '\n' not in str(e.value)
 
 
 def test_random_model_has_the_size_and_the_bundled_tokenizer():
-    pretrained = ft.load_pretrained('random', size='tiny')
+    pretrained = models.load_pretrained('random', size='tiny')
     assert pretrained.electra.config.hidden_size == 128 and pretrained.size == 'small'
     assert len(pretrained.tokenizer) == 30522
 
@@ -216,41 +216,41 @@ def test_random_model_has_the_size_and_the_bundled_tokenizer():
 # Which data
 # ---------------------------------------------------------------------------------------------------------------
 def test_tasks_all_means_every_trainable_task_and_names_are_checked():
-    assert ft.parse_tasks('all') == ['CoLA', 'SST-2', 'MRPC', 'STS-B', 'QQP', 'MNLI', 'QNLI', 'RTE', 'WNLI']
-    assert ft.parse_tasks('rte,cola,sst2') == ['CoLA', 'SST-2', 'RTE']
+    assert glue_data.parse_tasks('all') == ['CoLA', 'SST-2', 'MRPC', 'STS-B', 'QQP', 'MNLI', 'QNLI', 'RTE', 'WNLI']
+    assert glue_data.parse_tasks('rte,cola,sst2') == ['CoLA', 'SST-2', 'RTE']
     with pytest.raises(UserError, match="did you mean 'cola'"):
-        ft.parse_tasks('colaa')
+        glue_data.parse_tasks('colaa')
     with pytest.raises(UserError, match='MNLI model predicts it'):
-        ft.parse_tasks('ax')
+        glue_data.parse_tasks('ax')
 
 
 def test_glue_dir_bundled_hub_parquet_or_an_error(tmp_path):
-    assert ft.glue_source('bundled').path == BUNDLED_GLUE_DIR
-    assert ft.glue_source('hub').kind == 'hub'
-    assert ft.glue_source(str(HUB_FIXTURE)).kind == 'parquet'
+    assert glue_data.glue_source('bundled').path == BUNDLED_GLUE_DIR
+    assert glue_data.glue_source('hub').kind == 'hub'
+    assert glue_data.glue_source(str(HUB_FIXTURE)).kind == 'parquet'
     with pytest.raises(UserError, match='is not a folder'):
-        ft.glue_source(str(tmp_path / 'nope'))
+        glue_data.glue_source(str(tmp_path / 'nope'))
     with pytest.raises(UserError, match='no GLUE task folder'):
-        ft.glue_source(str(tmp_path))
+        glue_data.glue_source(str(tmp_path))
 
 
 def test_missing_tasks_are_skipped_and_missing_dev_split_off_train(tokenizer):
     notices = []
-    data, skipped = ft.load_tasks(['MNLI', 'QNLI', 'RTE', 'MRPC'], ft.glue_source('bundled'), tokenizer,
+    data, skipped = glue_data.load_tasks(['MNLI', 'QNLI', 'RTE', 'MRPC'], glue_data.glue_source('bundled'), tokenizer,
                                   notify=notices.append)
     assert list(data) == ['RTE', 'MRPC'] and set(skipped) == {'MNLI', 'QNLI'}
     assert all('\n' not in n for n in notices) and len(notices) == 3  # MNLI, QNLI skipped; RTE's dev
     assert (len(data['RTE'].train), len(data['RTE'].dev['dev'])) == (270, 30)  # 10% of the 300 sample rows
     assert len(data['MRPC'].train) == 2 * 300  # doubled with swapped sentences
     with pytest.raises(UserError, match='no task can be finetuned'):
-        ft.load_tasks(['QNLI'], ft.glue_source('bundled'), tokenizer, notify=notices.append)
+        glue_data.load_tasks(['QNLI'], glue_data.glue_source('bundled'), tokenizer, notify=notices.append)
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Runs, per-epoch metrics on disk, summary
 # ---------------------------------------------------------------------------------------------------------------
 def few_rows_task(name, tokenizer, train_rows=32, dev_rows=16):
-    data, _ = ft.load_tasks([name], ft.glue_source('bundled'), tokenizer, notify=lambda m: None)
+    data, _ = glue_data.load_tasks([name], glue_data.glue_source('bundled'), tokenizer, notify=lambda m: None)
     d = data[name]
     d.train = d.train.select(range(train_rows))
     d.dev = {s: ds.select(range(min(dev_rows, len(ds)))) for s, ds in d.dev.items()}
@@ -260,7 +260,7 @@ def few_rows_task(name, tokenizer, train_rows=32, dev_rows=16):
 def test_each_epochs_dev_metrics_are_on_disk_as_soon_as_the_epoch_ends(tokenizer, tmp_path):
     torch.manual_seed(0)
     pretrained = pretrained_of(ElectraModel(tiny_config(len(tokenizer))), tokenizer)
-    runs_log = ft.RunsLog(tmp_path / 'runs.csv')
+    runs_log = runs.RunsLog(tmp_path / 'runs.csv')
     rows_on_disk = []
     append = runs_log.append
 
@@ -269,28 +269,28 @@ def test_each_epochs_dev_metrics_are_on_disk_as_soon_as_the_epoch_ends(tokenizer
         rows_on_disk.append(len(pd.read_csv(runs_log.path)))
     runs_log.append = append_then_read
 
-    result = ft.finetune_task(few_rows_task('CoLA', tokenizer), pretrained, ft.Recipe(epochs=2, batch_size=8),
+    result = runs.finetune_task(few_rows_task('CoLA', tokenizer), pretrained, ft.Recipe(epochs=2, batch_size=8),
                               seeds=[3, 4], runs_log=runs_log, log_root=tmp_path / 'logs', loggers=['csv'],
                               log_every=1, verbose=False)
     assert rows_on_disk == [1, 2, 3, 4]
-    runs = pd.read_csv(runs_log.path)
-    assert list(runs.seed) == [3, 3, 4, 4] and list(runs.epoch) == [1, 2, 1, 2] and list(runs.step) == [4, 8, 4, 8]
-    assert set(runs.main_metric) == {'mcc'} and runs.mcc.notna().all() and (runs.score == runs.mcc).all()
+    rows = pd.read_csv(runs_log.path)
+    assert list(rows.seed) == [3, 3, 4, 4] and list(rows.epoch) == [1, 2, 1, 2] and list(rows.step) == [4, 8, 4, 8]
+    assert set(rows.main_metric) == {'mcc'} and rows.mcc.notna().all() and (rows.score == rows.mcc).all()
     assert (tmp_path / 'logs' / 'CoLA_run0_seed3' / 'metrics.csv').is_file()  # the per-run training log
     assert result.best.state_dict is not None and result.best.score == max(r.score for r in result.runs)
 
-    saved_model, _ = ft.load_finetuned(ft.save_finetuned(result.best, pretrained, tmp_path / 'CoLA.pth'))
-    kept_model = ft.classifier_from_result(result, pretrained)
+    saved_model, _ = models.load_finetuned(models.save_finetuned(result.best, pretrained, tmp_path / 'CoLA.pth'))
+    kept_model = models.classifier_from_result(result, pretrained)
     dev = next(iter(few_rows_task('CoLA', tokenizer).dev.values()))
     torch.testing.assert_close(ft.predict_logits(saved_model, dev), ft.predict_logits(kept_model, dev))
 
-    table, average = ft.summarize(runs)
+    table, average = runs.summarize(rows)
     assert table.loc['CoLA', 'runs'] == 2
-    final = runs[runs.epoch == 2].score
+    final = rows[rows.epoch == 2].score
     assert table.loc['CoLA', 'median'] == pytest.approx(final.median())
     assert table.loc['CoLA', 'std'] == pytest.approx(final.std())
     assert 'not comparable' in table.loc['GLUE avg', 'other (median)'] and 'CoLA' not in average.missing
-    csv_path, md_path = ft.save_summary(table, tmp_path)
+    csv_path, md_path = runs.save_summary(table, tmp_path)
     assert pd.read_csv(csv_path).task.tolist() == ['CoLA', 'GLUE avg']
     assert '| CoLA | mcc | 2 |' in md_path.read_text()
 
@@ -327,6 +327,7 @@ class FixedOutputs(torch.nn.Module):
 def test_stsb_dev_spearman_is_computed_on_the_raw_outputs_not_clipped_ones():
     import datasets
     from scipy.stats import spearmanr
+
     # Outputs 1.1 and 1.3 (scores 5.5 and 6.5) are in the right order; clipped to 5.0 they would tie
     outputs = {2000: 0.2, 2001: 0.6, 2002: 1.1, 2003: 1.3}
     gold = [1.0, 3.0, 4.0, 5.0]
@@ -340,7 +341,7 @@ def test_stsb_dev_spearman_is_computed_on_the_raw_outputs_not_clipped_ones():
 def test_glue_average_row_is_the_mean_of_the_medians_without_wnli():
     rows = [dict(task=t, run=r, seed=r, epoch=1, score=s) for t, scores in
             (('CoLA', (50, 60, 70)), ('RTE', (60, 62, 64)), ('WNLI', (10, 10, 10))) for r, s in enumerate(scores)]
-    table, average = ft.summarize(pd.DataFrame(rows))
+    table, average = runs.summarize(pd.DataFrame(rows))
     assert table.loc['CoLA', 'median'] == 60 and table.loc['RTE', 'median'] == 62
     assert average.score == pytest.approx(61) and table.loc['GLUE avg', 'median'] == pytest.approx(61)
 
@@ -364,10 +365,10 @@ def script_run(tiny_hf_folder, tmp_path_factory):
 
 def test_script_keeps_every_epoch_of_every_run_and_a_summary(script_run):
     cwd, stdout = script_run
-    runs = pd.read_csv(cwd / 'logs' / 'finetune' / 'tiny' / 'runs.csv')
-    assert sorted(set(runs.task)) == ['CoLA', 'RTE']
-    assert runs.groupby('task').size().to_dict() == {'CoLA': 4, 'RTE': 4}  # 2 runs x 2 epochs
-    assert sorted(set(runs.seed)) == [0, 1]
+    rows = pd.read_csv(cwd / 'logs' / 'finetune' / 'tiny' / 'runs.csv')
+    assert sorted(set(rows.task)) == ['CoLA', 'RTE']
+    assert rows.groupby('task').size().to_dict() == {'CoLA': 4, 'RTE': 4}  # 2 runs x 2 epochs
+    assert sorted(set(rows.seed)) == [0, 1]
     summary = pd.read_csv(cwd / 'logs' / 'finetune' / 'tiny' / 'summary.csv')
     assert summary.task.tolist() == ['CoLA', 'RTE', 'GLUE avg']
     assert (cwd / 'logs' / 'finetune' / 'tiny' / 'summary.md').is_file()
@@ -390,9 +391,9 @@ def test_script_writes_the_submission_files_it_can_and_lists_the_missing_ones(sc
 
 
 def test_a_second_set_of_runs_keeps_the_first_runs_csv(tmp_path):
-    first = ft.RunsLog(tmp_path / 'runs.csv')
+    first = runs.RunsLog(tmp_path / 'runs.csv')
     first.append('CoLA', 0, 0, dict(epoch=1, step=10, train_loss=0.5, score=12.0, mcc=12.0, seconds=1.0))
-    ft.RunsLog(tmp_path / 'runs.csv')                            # a new set of runs in the same folder
+    runs.RunsLog(tmp_path / 'runs.csv')                            # a new set of runs in the same folder
     kept = [p for p in tmp_path.iterdir() if p.name != 'runs.csv']
     assert len(kept) == 1 and kept[0].name.startswith('runs.') and 'CoLA' in kept[0].read_text()
     assert (tmp_path / 'runs.csv').read_text().count('\n') == 1  # the new file has its header only
@@ -403,7 +404,7 @@ def test_a_second_set_of_runs_keeps_the_first_runs_csv(tmp_path):
 # ---------------------------------------------------------------------------------------------------------------
 SETTINGS = dict(model='checkpoint /x/demo_seed0_100pct.pth (step 800)', data='bundled', dev_fraction=0.1, lr=3e-4,
                 epochs=2)
-COLA = types.SimpleNamespace(task=ft.task_by_name('CoLA'))  # all `finetune_task` reads of the data with a fake run
+COLA = types.SimpleNamespace(task=glue.task_by_name('CoLA'))  # all `finetune_task` reads of the data with a fake run
 
 
 def epoch_row(epoch, score):
@@ -422,37 +423,37 @@ def fake_finetune_run(scores, failing=()):
 
 
 def test_resume_counts_the_runs_whose_last_epoch_is_in_runs_csv_and_appends(tmp_path):
-    log = ft.RunsLog(tmp_path / 'runs.csv', settings=SETTINGS)
+    log = runs.RunsLog(tmp_path / 'runs.csv', settings=SETTINGS)
     for epoch in (1, 2): log.append('CoLA', 0, 0, epoch_row(epoch, 10.0 * epoch))
     log.append('CoLA', 1, 1, epoch_row(1, 5.0))                                    # stopped after epoch 1 of 2
     with (tmp_path / 'runs.csv').open('a') as f: f.write('CoLA,2,2,1,10,0.5,mcc,3')  # a row cut short by a kill
     recipe = ft.Recipe(epochs=2)
-    finished = ft.finished_runs(tmp_path, SETTINGS, recipe)
+    finished = runs.finished_runs(tmp_path, SETTINGS, recipe)
     assert list(finished) == ['CoLA'] and list(finished['CoLA']) == [(0, 0)]
     assert [row['score'] for row in finished['CoLA'][(0, 0)].history] == [10.0, 20.0]
 
     before = (tmp_path / 'runs.csv').read_bytes()
-    resumed = ft.RunsLog(tmp_path / 'runs.csv', append=True, settings=SETTINGS)   # run 1 redone
+    resumed = runs.RunsLog(tmp_path / 'runs.csv', append=True, settings=SETTINGS)   # run 1 redone
     for epoch in (1, 2): resumed.append('CoLA', 1, 1, epoch_row(epoch, 6.0 + epoch))
     assert (tmp_path / 'runs.csv').read_bytes().startswith(before)               # appended, nothing rewritten
     assert sorted(p.name for p in tmp_path.iterdir()) == ['runs.csv', 'settings.json']  # nothing moved aside
-    finished = ft.finished_runs(tmp_path, SETTINGS, recipe)
+    finished = runs.finished_runs(tmp_path, SETTINGS, recipe)
     assert sorted(finished['CoLA']) == [(0, 0), (1, 1)]
     assert [row['score'] for row in finished['CoLA'][(1, 1)].history] == [7.0, 8.0]  # the redone epochs
 
 
 def test_resume_refuses_runs_made_with_other_settings_in_one_line(tmp_path):
-    ft.RunsLog(tmp_path / 'runs.csv', settings=SETTINGS).append('CoLA', 0, 0, epoch_row(1, 10.0))
+    runs.RunsLog(tmp_path / 'runs.csv', settings=SETTINGS).append('CoLA', 0, 0, epoch_row(1, 10.0))
     with pytest.raises(UserError, match=r'made with other settings \(lr 0.0003 -> 0.001; epochs 2 -> 3\); drop '
                                         r'--resume .* or give a new --group_name') as e:
-        ft.finished_runs(tmp_path, dict(SETTINGS, lr=1e-3, epochs=3), ft.Recipe(epochs=3))
+        runs.finished_runs(tmp_path, dict(SETTINGS, lr=1e-3, epochs=3), ft.Recipe(epochs=3))
     assert '\n' not in str(e.value)
 
 
 def test_a_failing_run_is_reported_in_one_line_and_the_other_runs_go_on(tmp_path, monkeypatch):
-    monkeypatch.setattr(ft, 'finetune_run', fake_finetune_run({0: 10.0, 1: 30.0, 2: 20.0}, failing={1}))
-    log, notices, saved = ft.RunsLog(tmp_path / 'runs.csv'), [], []
-    result = ft.finetune_task(COLA, None, ft.Recipe(epochs=1), seeds=[0, 1, 2], runs_log=log, log_root=tmp_path,
+    monkeypatch.setattr(runs, 'finetune_run', fake_finetune_run({0: 10.0, 1: 30.0, 2: 20.0}, failing={1}))
+    log, notices, saved = runs.RunsLog(tmp_path / 'runs.csv'), [], []
+    result = runs.finetune_task(COLA, None, ft.Recipe(epochs=1), seeds=[0, 1, 2], runs_log=log, log_root=tmp_path,
                               verbose=False, on_best=saved.append, notify=notices.append)
     assert [r.seed for r in result.runs] == [0, 2] and result.best.seed == 2
     assert len(result.failed) == 1 and notices == [result.failed[0] + '; the other runs go on']
@@ -465,25 +466,25 @@ def test_a_failing_run_is_reported_in_one_line_and_the_other_runs_go_on(tmp_path
 def test_resumed_runs_are_skipped_and_the_saved_best_of_earlier_runs_still_predicts(tokenizer, tmp_path,
                                                                                     monkeypatch):
     pretrained = pretrained_of(ElectraModel(tiny_config(len(tokenizer))), tokenizer)
-    weights = ft.build_classifier(pretrained, 'CoLA').state_dict()
+    weights = models.build_classifier(pretrained, 'CoLA').state_dict()
     earlier = {(0, 0): ft.RunResult('CoLA', 0, 0, [epoch_row(1, 50.0)]),
                (1, 1): ft.RunResult('CoLA', 1, 1, [epoch_row(1, 40.0)])}
-    path = ft.save_finetuned(dataclasses.replace(earlier[(0, 0)], state_dict=weights), pretrained,
+    path = models.save_finetuned(dataclasses.replace(earlier[(0, 0)], state_dict=weights), pretrained,
                              tmp_path / 'CoLA.pth')
-    best = ft.saved_best(path, earlier)
+    best = runs.saved_best(path, earlier)
     assert (best.run, best.seed) == (0, 0) and all(torch.equal(best.state_dict[k], weights[k]) for k in weights)
-    assert ft.saved_best(path, {(1, 1): earlier[(1, 1)]}) is None  # the file holds another run's weights
+    assert runs.saved_best(path, {(1, 1): earlier[(1, 1)]}) is None  # the file holds another run's weights
 
-    monkeypatch.setattr(ft, 'finetune_run', fake_finetune_run({2: 45.0, 3: 60.0}))
+    monkeypatch.setattr(runs, 'finetune_run', fake_finetune_run({2: 45.0, 3: 60.0}))
     saved, notices = [], []
-    result = ft.finetune_task(COLA, pretrained, ft.Recipe(epochs=1), seeds=[0, 1, 2], verbose=False,
+    result = runs.finetune_task(COLA, pretrained, ft.Recipe(epochs=1), seeds=[0, 1, 2], verbose=False,
                               finished=earlier, best=best, on_best=saved.append, notify=notices.append)
     assert notices == ['CoLA: run 1, 2 of 3 already finished (in runs.csv): skipped']
     assert [r.seed for r in result.runs] == [0, 1, 2] and result.best is best and saved == []  # 45 < 50
-    result = ft.finetune_task(COLA, pretrained, ft.Recipe(epochs=1), seeds=[0, 1, 2, 3], verbose=False,
+    result = runs.finetune_task(COLA, pretrained, ft.Recipe(epochs=1), seeds=[0, 1, 2, 3], verbose=False,
                               finished=earlier, best=best, on_best=saved.append, notify=notices.append)
     assert result.best.seed == 3 and [r.seed for r in saved] == [3]  # 60 beats the earlier best
-    result = ft.finetune_task(COLA, pretrained, ft.Recipe(epochs=1), seeds=[0, 1], verbose=False,
+    result = runs.finetune_task(COLA, pretrained, ft.Recipe(epochs=1), seeds=[0, 1], verbose=False,
                               finished=earlier, best=None, notify=notices.append)  # no weights were saved
     assert result.best is None and [r.seed for r in result.runs] == [0, 1]
     assert notices[-1] == 'CoLA: the best dev run (run 1, seed 0) has no saved weights; no test predictions'
@@ -491,27 +492,27 @@ def test_resumed_runs_are_skipped_and_the_saved_best_of_earlier_runs_still_predi
 
 def test_a_finetuned_file_loads_with_weights_only_and_a_truncated_one_is_one_line(tokenizer, tmp_path):
     pretrained = pretrained_of(ElectraModel(tiny_config(len(tokenizer))), tokenizer)
-    run = ft.RunResult('RTE', 0, 0, [epoch_row(1, 50.0)], ft.build_classifier(pretrained, 'RTE').state_dict())
-    path = ft.save_finetuned(run, pretrained, tmp_path / 'RTE.pth')
+    run = ft.RunResult('RTE', 0, 0, [epoch_row(1, 50.0)], models.build_classifier(pretrained, 'RTE').state_dict())
+    path = models.save_finetuned(run, pretrained, tmp_path / 'RTE.pth')
     saved = torch.load(path, weights_only=True)  # plain values and tensors: no pickled code
     assert (saved['task'], saved['run'], saved['seed'], saved['dev']['score']) == ('RTE', 0, 0, 50.0)
-    model, _ = ft.load_finetuned(path)
+    model, _ = models.load_finetuned(path)
     assert model.classifier.out_features == 2
     (tmp_path / 'cut.pth').write_bytes(path.read_bytes()[:1000])
     with pytest.raises(UserError, match='cannot be read') as e:
-        ft.load_finetuned(tmp_path / 'cut.pth')
+        models.load_finetuned(tmp_path / 'cut.pth')
     assert '\n' not in str(e.value)
 
 
 # The script: CoLA's second run fails (as an out of memory would), then the same command with --resume
 FAILING_RUN = """
 import runpy, sys
-import _utils.finetuning as ft
-real = ft.finetune_run
+import _utils.runs as runs
+real = runs.finetune_run
 def finetune_run(data, pretrained, recipe, seed, *args):
     if (data.task.name, seed) == ('CoLA', 1): raise RuntimeError('simulated out of memory')
     return real(data, pretrained, recipe, seed, *args)
-ft.finetune_run = finetune_run
+runs.finetune_run = finetune_run
 sys.argv = ['finetune.py', *sys.argv[1:]]
 runpy.run_path('finetune.py', run_name='__main__')
 """

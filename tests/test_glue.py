@@ -10,13 +10,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from _utils import classifier, glue, glue_data, glue_scores
+from _utils.errors import UserError
+from _utils.glue import TASKS, TaskUnavailable
 from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import f1_score, matthews_corrcoef
 from transformers import ElectraConfig, ElectraModel
-
-from _utils import glue
-from _utils.errors import UserError
-from _utils.glue import TASKS, TaskUnavailable
 
 SHARED = Path(__file__).resolve().parents[2] / 'shared' / 'data'
 HUB_FIXTURE = Path(__file__).resolve().parent / 'fixtures' / 'glue_hf'
@@ -292,12 +291,12 @@ def pop_from_longer(len_a, len_b, budget):
 def test_truncation_pops_from_the_longer_side():
     for len_a in range(0, 140, 3):
         for len_b in range(0, 140, 2):
-            assert glue.truncated_lengths(len_a, len_b, 125) == pop_from_longer(len_a, len_b, 125)
+            assert glue_data.truncated_lengths(len_a, len_b, 125) == pop_from_longer(len_a, len_b, 125)
 
 
 def encode_pair(tokenizer, a, b=None):
     ds = datasets.Dataset.from_dict({'sentence1': [a], **({'sentence2': [b]} if b else {}), 'label': [0], 'idx': [0]})
-    return glue.encode(ds, tokenizer, max_length=128)[0]
+    return glue_data.encode(ds, tokenizer, max_length=128)[0]
 
 
 def test_long_pair_truncated_to_128_as_cls_a_sep_b_sep(tokenizer):
@@ -339,7 +338,7 @@ def test_special_token_strings_in_a_sentence_are_split_like_text_not_special_ids
 
 
 def test_encode_keeps_label_and_idx(tokenizer):
-    ds = glue.encode(glue.load_glue_tsv('STS-B', splits=('train',))['train'].select(range(8)), tokenizer)
+    ds = glue_data.encode(glue.load_glue_tsv('STS-B', splits=('train',))['train'].select(range(8)), tokenizer)
     assert ds.column_names == ['label', 'idx', 'input_ids', 'token_type_ids'] and ds[0]['label'] == 5.0
 
 
@@ -364,7 +363,7 @@ def padded_fraction(batches, lengths):
 
 def test_length_grouped_batches_cover_every_row_once_with_little_padding():
     lengths = np.random.default_rng(0).integers(5, 128, size=3000)
-    sampler = glue.LengthGroupedBatchSampler(lengths, batch_size=32, seed=0)
+    sampler = glue_data.LengthGroupedBatchSampler(lengths, batch_size=32, seed=0)
     batches = list(sampler)
     assert len(batches) == len(sampler) == 94
     assert sorted(sum(batches, [])) == list(range(3000))
@@ -374,28 +373,28 @@ def test_length_grouped_batches_cover_every_row_once_with_little_padding():
 
 def test_length_grouped_batches_are_seeded_and_reshuffled_each_epoch():
     lengths = np.random.default_rng(0).integers(5, 128, size=500)
-    first = glue.LengthGroupedBatchSampler(lengths, 32, seed=0)
+    first = glue_data.LengthGroupedBatchSampler(lengths, 32, seed=0)
     epoch0, epoch1 = list(first), list(first)
-    assert epoch0 == list(glue.LengthGroupedBatchSampler(lengths, 32, seed=0))
+    assert epoch0 == list(glue_data.LengthGroupedBatchSampler(lengths, 32, seed=0))
     assert epoch0 != epoch1
-    assert epoch0 != list(glue.LengthGroupedBatchSampler(lengths, 32, seed=1))
-    assert sum(list(glue.LengthGroupedBatchSampler(lengths, 32, shuffle=False)), []) == list(range(500))
+    assert epoch0 != list(glue_data.LengthGroupedBatchSampler(lengths, 32, seed=1))
+    assert sum(list(glue_data.LengthGroupedBatchSampler(lengths, 32, shuffle=False)), []) == list(range(500))
 
 
 def test_collate_pads_to_the_longest_with_zeros():
     examples = [{'input_ids': [101, 7, 102], 'token_type_ids': [0, 0, 0], 'label': 1},
                 {'input_ids': [101, 7, 102, 8, 102], 'token_type_ids': [0, 0, 0, 1, 1], 'label': 0}]
-    input_ids, attention_mask, token_type_ids, labels = glue.collate(examples)
+    input_ids, attention_mask, token_type_ids, labels = glue_data.collate(examples)
     assert input_ids.tolist() == [[101, 7, 102, 0, 0], [101, 7, 102, 8, 102]]
     assert attention_mask.tolist() == [[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]]
     assert token_type_ids.tolist() == [[0, 0, 0, 0, 0], [0, 0, 0, 1, 1]]
     assert labels.tolist() == [1, 0] and labels.dtype == torch.long
-    assert glue.collate([{**examples[0], 'label': 3.8}])[3].dtype == torch.float32
+    assert glue_data.collate([{**examples[0], 'label': 3.8}])[3].dtype == torch.float32
 
 
 def test_dataloader_yields_model_ready_batches(tokenizer):
-    encoded = glue.encode(glue.load_glue_tsv('MRPC', splits=('dev',))['dev'], tokenizer)
-    batches = list(glue.glue_dataloader(encoded, batch_size=32, seed=0))
+    encoded = glue_data.encode(glue.load_glue_tsv('MRPC', splits=('dev',))['dev'], tokenizer)
+    batches = list(glue_data.glue_dataloader(encoded, batch_size=32, seed=0))
     assert sum(len(b[3]) for b in batches) == 150 and all(b[0].shape == b[1].shape == b[2].shape for b in batches)
 
 
@@ -411,7 +410,7 @@ def small_electra():
 
 
 def test_head_is_dropout_then_one_xavier_linear_with_zero_bias(small_electra):
-    model = glue.ElectraClassifier(small_electra, n_outputs=3)
+    model = classifier.ElectraClassifier(small_electra, n_outputs=3)
     head = {n for n, _ in model.named_parameters() if not n.startswith('electra.')}
     assert head == {'classifier.weight', 'classifier.bias'}  # no dense+GELU, no pooler
     assert model.dropout.p == 0.1
@@ -423,7 +422,7 @@ def test_head_is_dropout_then_one_xavier_linear_with_zero_bias(small_electra):
 
 
 def test_head_reads_the_cls_vector(small_electra):
-    model = glue.ElectraClassifier(small_electra, n_outputs=2).eval()
+    model = classifier.ElectraClassifier(small_electra, n_outputs=2).eval()
     input_ids = torch.tensor([[101, 2000, 2001, 102, 0], [101, 2003, 102, 2004, 102]])
     mask, types = (input_ids != 0).long(), torch.tensor([[0, 0, 0, 0, 0], [0, 0, 0, 1, 1]])
     logits = model(input_ids, mask, types)
@@ -433,17 +432,17 @@ def test_head_reads_the_cls_vector(small_electra):
 
 def test_stsb_loss_is_mse_on_target_over_5_and_predictions_are_the_raw_output_times_5():
     logits, targets = torch.tensor([[-0.1], [0.5], [1.2]]), torch.tensor([0.0, 2.0, 5.0])
-    loss = glue.loss_for('STS-B', 'mean')(logits, targets)
+    loss = classifier.loss_for('STS-B', 'mean')(logits, targets)
     assert torch.isclose(loss, ((logits.squeeze(-1) - targets / 5) ** 2).mean())
     # not clipped: dev metrics use the raw outputs (the official scorer); the submission file clips
-    assert glue.predictions_from_logits('STS-B', logits).tolist() == pytest.approx([-0.5, 2.5, 6.0])
+    assert glue_scores.predictions_from_logits('STS-B', logits).tolist() == pytest.approx([-0.5, 2.5, 6.0])
 
 
 def test_classification_loss_is_cross_entropy_and_predictions_argmax():
     logits, labels = torch.tensor([[2.0, 0.0, 1.0], [0.0, 3.0, 0.5]]), torch.tensor([0, 2])
-    assert torch.isclose(glue.loss_for('MNLI', 'mean')(logits, labels),
+    assert torch.isclose(classifier.loss_for('MNLI', 'mean')(logits, labels),
                          torch.nn.functional.cross_entropy(logits, labels))
-    assert glue.predictions_from_logits('MNLI', logits).tolist() == [0, 1]
+    assert glue_scores.predictions_from_logits('MNLI', logits).tolist() == [0, 1]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -454,25 +453,25 @@ GOLD = np.array([1, 0, 0, 1, 0, 1, 1, 0, 1, 0])
 
 
 def test_metrics_equal_sklearn_and_scipy_in_percent():
-    assert glue.compute_metrics('CoLA', PRED, GOLD) == {'mcc': pytest.approx(100 * matthews_corrcoef(GOLD, PRED))}
-    assert glue.compute_metrics('MRPC', PRED, GOLD) == {'acc': pytest.approx(70.0),
+    assert glue_scores.compute_metrics('CoLA', PRED, GOLD) == {'mcc': pytest.approx(100 * matthews_corrcoef(GOLD, PRED))}
+    assert glue_scores.compute_metrics('MRPC', PRED, GOLD) == {'acc': pytest.approx(70.0),
                                                         'f1': pytest.approx(100 * f1_score(GOLD, PRED))}
     scores, gold = np.array([0.5, 2.0, 3.1, 4.9, 1.0]), np.array([0.0, 2.4, 3.0, 5.0, 2.0])
-    assert glue.compute_metrics('STS-B', scores, gold) == {
+    assert glue_scores.compute_metrics('STS-B', scores, gold) == {
         'spearman': pytest.approx(100 * spearmanr(scores, gold)[0]),
         'pearson': pytest.approx(100 * pearsonr(scores, gold)[0])}
-    metrics = glue.compute_metrics('STS-B', scores, gold)  # same ranks, not linear: Spearman 100, Pearson less
-    assert glue.main_score('STS-B', metrics) == pytest.approx(100.0) and metrics['pearson'] < 99
+    metrics = glue_scores.compute_metrics('STS-B', scores, gold)  # same ranks, not linear: Spearman 100, Pearson less
+    assert glue_scores.main_score('STS-B', metrics) == pytest.approx(100.0) and metrics['pearson'] < 99
 
 
 def test_glue_average_is_over_the_8_tasks_without_wnli():
     # ELECTRA-Small-OWT (RECIPE.md): 80.36 over CoLA SST MRPC STS QQP MNLI QNLI RTE
     owt = {'CoLA': 56.8, 'SST-2': 88.3, 'MRPC': 87.4, 'STS-B': 86.8,
            'QQP': 88.3, 'MNLI': 78.9, 'QNLI': 87.9, 'RTE': 68.5}
-    average = glue.glue_average({**owt, 'WNLI': 10.0, 'AX': 0.0})
+    average = glue_scores.glue_average({**owt, 'WNLI': 10.0, 'AX': 0.0})
     assert average.score == pytest.approx(80.36, abs=0.01) and average.missing == []
-    assert glue.glue_average({**owt, 'MNLI': 78.9, 'MNLI-mm': 0.0}).score == pytest.approx(80.36, abs=0.01)
-    partial = glue.glue_average({'cola': 50.0, 'sst2': 90.0})
+    assert glue_scores.glue_average({**owt, 'MNLI': 78.9, 'MNLI-mm': 0.0}).score == pytest.approx(80.36, abs=0.01)
+    partial = glue_scores.glue_average({'cola': 50.0, 'sst2': 90.0})
     assert partial.score == 70.0 and partial.missing == ['MRPC', 'STS-B', 'QQP', 'MNLI', 'QNLI', 'RTE']
 
 
@@ -497,7 +496,7 @@ def full_submission(tmp_path_factory):
         values = rng.uniform(-1, 6, size) if task.is_regression else rng.integers(0, len(task.labels), size)
         predictions[stem] = (np.arange(size), values)
     out = tmp_path_factory.mktemp('submission')
-    return glue.write_submission(predictions, out)
+    return glue_scores.write_submission(predictions, out)
 
 
 def read_submission(path):
@@ -533,7 +532,7 @@ def test_submission_stsb_floats_with_3_decimals_clipped_to_0_5(full_submission):
 
 
 def test_submission_reports_missing_files_and_sorts_by_index(tmp_path, capsys):
-    result = glue.write_submission({'RTE': ([2, 0, 1], [1, 0, 1])}, tmp_path, wnli_test_indices=range(146))
+    result = glue_scores.write_submission({'RTE': ([2, 0, 1], [1, 0, 1])}, tmp_path, wnli_test_indices=range(146))
     assert result.missing == ['CoLA', 'SST-2', 'MRPC', 'STS-B', 'QQP', 'MNLI-m', 'MNLI-mm', 'QNLI', 'AX']
     assert 'needs all 11 files' in capsys.readouterr().out
     assert read_submission(tmp_path / 'RTE.tsv')[1] == [['0', 'entailment'], ['1', 'not_entailment'],
@@ -544,4 +543,4 @@ def test_submission_reports_missing_files_and_sorts_by_index(tmp_path, capsys):
 
 def test_submission_rejects_unknown_file_names(tmp_path):
     with pytest.raises(UserError, match='MNLI-m'):
-        glue.write_submission({'MNLI': ([0], [0])}, tmp_path)
+        glue_scores.write_submission({'MNLI': ([0], [0])}, tmp_path)

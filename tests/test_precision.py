@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from _utils.errors import UserError
-from _utils.pretraining import cpu_has_fast_bf16, pick_precision
+from _utils.learner import cpu_has_fast_bf16, pick_precision
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU = torch.device('cpu')

@@ -1,19 +1,18 @@
-"""Dropout for CPU training: torch's distribution, its masks made 2-4x faster.
+"""Machine-specific speed-ups: the same numbers as the recipe's plain code, computed faster on CPUs.
 
-On a CPU, `torch.nn.functional.dropout` draws each decision with `bernoulli_`, 9-12 ns per element on this project's
-2-core test machine. Here each element is dropped when 32 random bits fall below p * 2^32 (so P(drop) = p to within
-2^-32), and the bits are drawn lazily: one 64-bit draw (`random_` on int64) gives the top 8 bits of eight elements,
-which settle the decision for 255 elements in 256; only the rest (top byte equal to the threshold's) draw their low
-24 bits. Kept elements are scaled by 1 / (1 - p), as torch does. `python bench/bench_dropout.py` times both at the
-shapes of an ELECTRA-Small step: one step's dropouts, forward + backward, took 712-848 ms with torch's and 268-287
-ms with these. Under torch.compile the mask is a custom operator (`dropout_mask`), which inductor leaves alone while
-it fuses the rest. Elsewhere (GPUs, evaluation) torch's own dropout runs unchanged: on GPUs it is a fused kernel
-already.
+The recipe modules reach them in two places: `use_fast_dropout(model)` (electra.py, classifier.py) and
+`sample_from_softmax(method='auto')` (electra.py); a Learner on a CPU calls `keep_freed_memory()`. What each buys is
+measured in bench/README.md and bench/RESULTS.md (`bench/bench_dropout.py` times the dropout).
 
-`use_fast_dropout(model)` switches a model's dropout layers and its attention-probability dropout to this.
-Attention: SDPA's CPU kernel has no dropout, so in CPU training torch falls back to its math path with
-`bernoulli_`; `sdpa_fast_dropout` runs the same math (softmax(QK^T / sqrt(d) + mask), dropout, times V) with the
-fast dropout, and hands every other case to transformers' SDPA function.
+- CPU dropout: each element is dropped when 32 random bits fall below p * 2^32 (P(drop) = p to within 2^-32), kept
+  ones are scaled by 1 / (1 - p), as torch does. The bits are drawn lazily: one 64-bit draw gives the top byte of
+  eight elements, which settles 255 elements in 256; only ties draw their low 24 bits. The mask is a torch custom
+  operator (`dropout_mask`), so torch.compile keeps it and fuses the rest. In CPU training SDPA has no dropout
+  kernel, so `sdpa_fast_dropout` runs SDPA's math (softmax(QK^T / sqrt(d) + mask), dropout, times V) with this
+  dropout and hands every other case to transformers' SDPA. GPUs and evaluation run torch's dropout unchanged.
+- Inverse-CDF sampling: one uniform per row looked up in the cumulative softmax, the same distribution as
+  Gumbel-max, which draws one random number per vocabulary entry.
+- Freed memory kept in the process (glibc): a CPU step's large tensors are not paged in and zeroed again each step.
 """
 import math
 
@@ -31,7 +30,7 @@ def keep_mask(shape, p, device='cpu'):
 
 def _decisions(shape, p, dtype, device='cpu'):
     """`keep_mask` as 1 (keep) and 0 (drop) in `dtype`. The comparisons write uint8 or float tensors: torch's CPU
-    comparison kernels are ~10x slower when they write bool."""
+    comparison kernels are much slower when they write bool."""
     n = math.prod(shape)
     threshold = round(p * 2**32)                      # drop iff bits < threshold
     hi, lo = threshold >> 24, threshold & 0xFFFFFF    # threshold = hi * 2^24 + lo
@@ -53,8 +52,8 @@ def dropout_mask(shape: list[int], p: float, dtype: torch.dtype) -> torch.Tensor
     """A CPU tensor of `shape`: 0 with probability p, else 1 / (1 - p) (in `dtype`'s precision).
 
     A custom operator, so that under torch.compile the mask is drawn here, as in eager mode, and inductor compiles
-    only the multiplication (fused with what surrounds it): with inductor's own random numbers, a compiled
-    ELECTRA-Small discriminator's forward took 1.2-1.5 s on the 2-core CPU, against 0.65-0.93 s eager."""
+    only the multiplication (fused with what surrounds it): inductor's own CPU random numbers are slower
+    (bench/RESULTS.md)."""
     scale = torch.tensor(1 / (1 - p), dtype=dtype).item()                          # 1/(1-p) in dtype's precision
     return _decisions(shape, p, dtype).mul_(scale)
 
@@ -119,3 +118,44 @@ def use_fast_dropout(model):
         if getattr(config, '_attn_implementation', None) == 'sdpa':
             config._attn_implementation = ATTENTION
     return model
+
+
+def keep_freed_memory():
+    """On Linux with glibc, keep freed memory in the process instead of giving it back to the OS.
+
+    glibc serves every block above 32 MB (a batch's generator logits, 74 MB at Small b32) with a fresh mmap, so
+    each step faults in its pages again, and the kernel zeroes them. After this, freed blocks are reused; the
+    process keeps its peak memory. Returns whether it took effect (not on other platforms or C libraries).
+    """
+    import ctypes
+    import sys
+    if not sys.platform.startswith('linux'): return False
+    try: libc = ctypes.CDLL('libc.so.6')
+    except OSError: return False
+    M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4                                          # from glibc's malloc.h
+    mallopt = getattr(libc, 'mallopt', None)
+    return bool(mallopt and mallopt(M_MMAP_MAX, 0) and mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
+
+
+def inverse_cdf_sample(probs, block=256):
+    """One index per row of `probs` (R, V), drawn with probability probs[r, i] / sum(probs[r]).
+
+    A uniform u in [0, row sum) is placed first among the cumulative sums of blocks of `block` entries, then inside
+    its block: the same draw as a search in the full cumulative sum, but the V-long scan (serial on CPUs) becomes
+    one reduction and two short scans. (torch.multinomial draws the same sample, far slower on CPUs: see the
+    notes of session 4 in bench/RESULTS.md.)
+    """
+    R, V = probs.shape
+    n_full = V // block
+    sums = [probs[:, :n_full * block].unflatten(-1, (n_full, block)).sum(-1)]      # (R, n_full)
+    if V % block: sums.append(probs[:, n_full * block:].sum(-1, keepdim=True))      # the shorter last block
+    block_cdf = torch.cat(sums, -1).cumsum(-1)                                     # (R, n_blocks)
+    u = torch.rand(R, 1, device=probs.device) * block_cdf[:, -1:]                  # (R, 1)
+    b = torch.searchsorted(block_cdf, u, right=True).clamp_max(block_cdf.size(-1) - 1)   # u's block
+    before = torch.where(b > 0, block_cdf.gather(1, (b - 1).clamp_min(0)), 0.0)    # mass of the blocks before it
+    ids = b * block + torch.arange(block, device=probs.device)                     # (R, block)
+    in_vocab = ids < V
+    within = (probs.gather(1, ids.clamp_max(V - 1)) * in_vocab).cumsum(-1)         # (R, block)
+    j = torch.searchsorted(within, u - before, right=True)
+    # Rounding can put u - before a hair above the block's own sum: take its last entry then
+    return (b * block + torch.minimum(j, in_vocab.sum(-1, keepdim=True) - 1)).squeeze(-1)

@@ -1,0 +1,108 @@
+"""Where and how a model trains: seeding, the device, the precision, several processes, and the one fastai Learner
+that pretraining and finetuning both build (the loop, its callbacks and the optimizer they are given)."""
+import contextlib
+import os
+import random
+
+import numpy as np
+import torch
+from fastai.data.core import DataLoaders
+from fastai.learner import Learner
+from fastai.optimizer import OptimWrapper
+
+from .callbacks import ClipGradNorm, Precision, QuietRecorder, SkipValidation, StepCounter, WarmupLinearDecay
+from .errors import UserError
+from .speedups import keep_freed_memory
+
+
+def seed_everything(seed):
+    random.seed(seed); np.random.seed(seed); torch.manual_seed(seed)
+
+
+def seed_masking(seed, rank=0, world_size=1):
+    """After the (identical) initialisation, give each process its own masking / sampling random stream."""
+    if world_size > 1: seed_everything(seed + 1_000_003 * rank)
+
+
+def pick_device(device='auto'):
+    if device == 'auto': return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    if device.startswith('cuda') and not torch.cuda.is_available():
+        raise UserError(f"--device {device} asked for but no CUDA GPU is visible; use --device cpu")
+    return torch.device(device)
+
+
+def cpu_has_fast_bf16():
+    try: return bool(torch.cpu._is_amx_tile_supported() or torch.backends.mkldnn.is_available() and
+                     torch.cpu._is_avx512_bf16_supported())
+    except AttributeError: return False
+
+
+def pick_precision(precision, device):
+    """'auto': bf16 where the hardware runs it fast (Ampere+ GPUs, CPUs with AMX / AVX512-BF16), else fp16 on
+    older GPUs and fp32 on other CPUs."""
+    if precision == 'auto':
+        if device.type == 'cuda': return 'bf16' if torch.cuda.is_bf16_supported() else 'fp16'
+        return 'bf16' if cpu_has_fast_bf16() else 'fp32'
+    if precision == 'fp16' and device.type != 'cuda':
+        raise UserError('--precision fp16 needs a CUDA GPU (loss scaling); use bf16 or fp32 on the CPU')
+    return precision
+
+
+class OnDevice:
+    """A loader whose batches are copied to `device` without making the CPU wait (pinned memory, non_blocking):
+    the copy is queued behind the running step, so the CPU goes on preparing the next one."""
+
+    def __init__(self, dl, device): self.dl, self.device = dl, device
+
+    def __len__(self): return len(self.dl)
+
+    def __iter__(self):
+        if self.device.type != 'cuda': yield from self.dl; return
+        for batch in self.dl: yield tuple(t.to(self.device, non_blocking=True) for t in batch)
+
+
+@contextlib.contextmanager
+def rank_zero_first(rank, world_size):
+    """Rank 0 runs the block first, the other ranks after it: rank 0 builds the data cache once, the others read it
+    (all of them building it at once would race on the same folder)."""
+    import torch.distributed as dist
+    if world_size > 1 and rank != 0: dist.barrier()
+    yield
+    if world_size > 1 and rank == 0: dist.barrier()
+
+
+def init_distributed():
+    """(rank, world_size, device) from the variables torchrun / accelerate set; one process: (0, 1, None).
+
+    Starts the process group (NCCL on GPUs, gloo on CPUs) and picks this process's GPU.
+    """
+    world_size = int(os.environ.get('WORLD_SIZE', 1))
+    if world_size == 1: return 0, 1, None
+    import torch.distributed as dist
+    rank, local_rank = int(os.environ['RANK']), int(os.environ.get('LOCAL_RANK', 0))
+    device = None
+    if torch.cuda.is_available():
+        device = torch.device('cuda', local_rank)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group('nccl' if device is not None else 'gloo')
+    return rank, world_size, device
+
+
+def build_learner(model, train_dl, loss_func, opt, *, lr, total_steps, warmup_steps, clip, precision, device,
+                  start_step=0, extra_cbs=()):
+    """The plain fastai Learner of both trainings: `train_dl` once through (no validation loop), the optimizer `opt`
+    the caller built, and the recipe's callbacks: the step count, warmup × linear decay of `lr` over
+    `total_steps`, the precision, clipping at `clip`, then `extra_cbs`. The model must be on `device` already.
+
+    Nothing in a step waits for the GPU: batches are copied without blocking, and the loss stays on the device.
+    """
+    if device.type == 'cpu': keep_freed_memory()
+    cbs = [StepCounter(start_step), SkipValidation(), WarmupLinearDecay(lr, total_steps, warmup_steps),
+           Precision(precision, device.type), ClipGradNorm(clip), QuietRecorder(), *extra_cbs]
+    learn = Learner(DataLoaders(OnDevice(train_dl, device), []), model, loss_func=loss_func,
+                    opt_func=lambda params, lr: OptimWrapper(opt=opt), lr=lr, cbs=cbs, wd_bn_bias=True,
+                    train_bn=False)
+    learn.recorder.valid_metrics = False
+    learn.total_steps = total_steps
+    return learn
