@@ -23,7 +23,6 @@ warnings.filterwarnings('ignore', message='.*torch.jit.script.*is deprecated')  
 
 import datasets
 
-from _utils.callbacks import LOGGERS, parse_loggers
 from _utils.config import Config, option
 from _utils.electra import SIZES, count_parameters
 from _utils.errors import ensure_writable, install_excepthook
@@ -32,6 +31,7 @@ from _utils.finetuning import group_name_for, missing_files_report, predict_test
 from _utils.glue_data import glue_source, load_tasks, load_test_only, parse_tasks
 from _utils.glue_scores import write_submission
 from _utils.learner import pick_device, pick_precision
+from _utils.loggers import LOGGERS, parse_loggers
 from _utils.models import check_max_length, classifier_from_result, load_pretrained, save_finetuned
 from _utils.runs import (RunsLog, finetune_task, finished_runs, format_table, run_settings, save_summary, saved_best,
                          summarize)

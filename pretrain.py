@@ -19,7 +19,7 @@ from pathlib import Path
 
 warnings.filterwarnings('ignore', message='.*torch.jit.script.*is deprecated')  # raised inside a dependency
 
-from _utils.callbacks import LOGGERS, Checkpointer, GracefulStop, MetricsLogger, NonFiniteLoss, parse_loggers
+from _utils.callbacks import Checkpointer, GracefulStop, NonFiniteLoss
 from _utils.checkpoint import (find_checkpoint, load_checkpoint, load_weights, make_checkpoint,
                                restore_training_state)
 from _utils.config import Config, option
@@ -28,6 +28,7 @@ from _utils.errors import ensure_writable, install_excepthook
 from _utils.files import project_path
 from _utils.learner import (init_distributed, pick_device, pick_precision, rank_zero_first, seed_everything,
                             seed_masking)
+from _utils.loggers import LOGGERS, MetricsLogger, parse_loggers
 from _utils.pretraining import (COMPILE_MODES, build_electra, last_batch_auc, pick_compile, pretraining_learner,
                                 step_dataloader)
 from _utils.text import load_tokenizer, pretraining_examples

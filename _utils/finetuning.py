@@ -20,7 +20,8 @@ import numpy as np
 import torch
 from fastai.callback.core import Callback
 
-from .callbacks import MetricsLogger, autocast_dtype
+from .callbacks import autocast_dtype
+from .loggers import MetricsLogger
 from .classifier import loss_for
 from .glue import SUBMISSION_FILES, TASKS, task_by_name
 from .glue_data import collate, glue_dataloader

@@ -17,9 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-
-from _utils.speedups import dropout_mask, fast_dropout  # noqa: E402
-from _utils.speedups import keep_freed_memory
+from _utils.speedups import dropout_mask, fast_dropout, keep_freed_memory  # noqa: E402
 
 P = 0.1  # RECIPE.md: dropout 0.1 on hidden states and attention probabilities
 

@@ -183,10 +183,10 @@ def worker(args):
 
 def run_ours(args, tokenizer, examples, device, precision):
     """pretrain.py's step: the Learner from `pretraining_learner`, its callbacks and a MetricsLogger (no backends)."""
-    from fastai.callback.core import Callback
-    from _utils.callbacks import MetricsLogger
     from _utils.electra import step_metrics
+    from _utils.loggers import MetricsLogger
     from _utils.pretraining import build_electra, pick_compile, pretraining_learner
+    from fastai.callback.core import Callback
 
     class StepTimer(Callback):
         order = 100  # after every other callback's after_batch: the step as the Learner runs it
@@ -222,8 +222,8 @@ def run_ours(args, tokenizer, examples, device, precision):
 
 def hf_models(args, tokenizer, device):
     """ElectraForMaskedLM + ElectraForPreTraining with our configs and shared embeddings, eager attention."""
-    from transformers import ElectraForMaskedLM, ElectraForPreTraining
     from _utils.electra import electra_configs, share_embeddings
+    from transformers import ElectraForMaskedLM, ElectraForPreTraining
     gen_config, disc_config = electra_configs(args.size, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
                                               attn_implementation='eager')
     discriminator = ElectraForPreTraining(disc_config)
@@ -447,13 +447,13 @@ def bench_data(args, device):
 # ---------------------------------------------------------------------------------------------------------------
 def bench_finetune(args, device, precision):
     from _utils.callbacks import autocast_dtype
+    from _utils.classifier import ElectraClassifier, loss_for
     from _utils.electra import build_models
     from _utils.finetuning import Recipe
     from _utils.glue import load_glue_tsv, task_by_name
-    from _utils.classifier import ElectraClassifier, loss_for
     from _utils.glue_data import encode, glue_dataloader
-    from _utils.optim import make_optimizer
     from _utils.learner import seed_everything
+    from _utils.optim import make_optimizer
     from _utils.text import load_tokenizer
     seed_everything(args.seed)
     task = task_by_name(args.finetune_task)
@@ -510,9 +510,9 @@ QUALITY_TOLERANCE = 0.05
 def quality_run(args, device, precision, sampling, examples, tokenizer, compile_mode='none', torch_dropout=False):
     """Train `quality_steps` steps from the same seed (same init, same batches); per-step MLM and disc losses.
     `torch_dropout`: torch's dropout and SDPA instead of the project's CPU dropout (`_utils/speedups.py`)."""
-    from fastai.callback.core import Callback
-    from _utils.pretraining import build_electra, pretraining_learner
     from _utils.learner import seed_everything
+    from _utils.pretraining import build_electra, pretraining_learner
+    from fastai.callback.core import Callback
 
     class LossRecorder(Callback):
         order = 100

@@ -12,9 +12,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import torch  # noqa: E402
-
 import bench_step  # noqa: E402  (its shared pieces: data, loader, device)
+import torch  # noqa: E402
 
 
 def main():
@@ -32,12 +31,12 @@ def main():
     args.threads, args.seed = 0, 0
     args.threads = torch.get_num_threads()
     device, precision = bench_step.setup(args)
+    from _utils.electra import step_metrics
+    from _utils.learner import seed_everything
+    from _utils.loggers import MetricsLogger
+    from _utils.pretraining import build_electra, pick_compile, pretraining_learner
     from fastai.callback.core import Callback
     from torch.profiler import ProfilerActivity, profile
-    from _utils.callbacks import MetricsLogger
-    from _utils.electra import step_metrics
-    from _utils.pretraining import build_electra, pick_compile, pretraining_learner
-    from _utils.learner import seed_everything
     seed_everything(0)
     tokenizer, examples = bench_step.bundled_examples(args)
     total = args.warmup + args.steps

@@ -13,14 +13,14 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from fastai.callback.core import Callback                                                     # noqa: E402
-
-from _utils.callbacks import Checkpointer, GracefulStop, MetricsLogger, NonFiniteLoss        # noqa: E402
-from _utils.checkpoint import rng_state, restore_training_state                              # noqa: E402
+from _utils.callbacks import Checkpointer, GracefulStop, NonFiniteLoss
+from _utils.checkpoint import restore_training_state, rng_state  # noqa: E402
 from _utils.electra import step_metrics  # noqa: E402
-from _utils.pretraining import build_electra, pretraining_learner, step_dataloader
 from _utils.learner import init_distributed, seed_everything, seed_masking
-from _utils.text import Batches, load_tokenizer                                              # noqa: E402
+from _utils.loggers import MetricsLogger
+from _utils.pretraining import build_electra, pretraining_learner, step_dataloader
+from _utils.text import Batches, load_tokenizer  # noqa: E402
+from fastai.callback.core import Callback  # noqa: E402
 
 out = Path(sys.argv[1])
 mode = sys.argv[2] if len(sys.argv) > 2 else 'train'

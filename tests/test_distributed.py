@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from _utils.learner import pick_precision
 
 ROOT = Path(__file__).resolve().parents[1]

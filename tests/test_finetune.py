@@ -296,13 +296,13 @@ def test_each_epochs_dev_metrics_are_on_disk_as_soon_as_the_epoch_ends(tokenizer
 
 
 def test_a_failing_logger_never_stops_training(tokenizer, tmp_path, monkeypatch):
-    from _utils import callbacks
+    from _utils import loggers
 
     class Broken:  # e.g. a logging service that goes away mid-run
         def __init__(self, *args): pass
         def log(self, row): raise ConnectionError('service unreachable')
         def close(self): pass
-    monkeypatch.setitem(callbacks._BACKENDS, 'broken', Broken)
+    monkeypatch.setitem(loggers._BACKENDS, 'broken', Broken)
     pretrained = pretrained_of(ElectraModel(tiny_config(len(tokenizer))), tokenizer)
     data = few_rows_task('SST-2', tokenizer, train_rows=16, dev_rows=8)
     with pytest.warns(UserWarning, match='logger broken failed'):

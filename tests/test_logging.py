@@ -4,10 +4,9 @@ import os
 
 import pytest
 import torch
-
-from _utils import callbacks
-from _utils.callbacks import MetricsLogger
+from _utils import callbacks, loggers
 from _utils.electra import step_metrics
+from _utils.loggers import MetricsLogger
 from _utils.pretraining import build_electra, pretraining_learner, step_dataloader
 from _utils.text import load_tokenizer
 
@@ -44,7 +43,7 @@ class Broken:
 
 
 def test_a_failing_logger_is_dropped_and_training_goes_on(tmp_path, monkeypatch):
-    monkeypatch.setitem(callbacks._BACKENDS, 'broken', Broken)
+    monkeypatch.setitem(loggers._BACKENDS, 'broken', Broken)
     logger = MetricsLogger(tmp_path, step_metrics, every=1, loggers=('broken', 'csv'), total_steps=3)
     with pytest.warns(UserWarning, match='logger broken failed'):
         learn = train(logger)

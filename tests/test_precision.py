@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from _utils.errors import UserError
 from _utils.learner import cpu_has_fast_bf16, pick_precision
 
