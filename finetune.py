@@ -1,16 +1,15 @@
 #!/usr/bin/env python
-
-# Generated from Finetune_GLUE.ipynb by `python -m _utils.nbscript`: edit the notebook, then regenerate.
+# coding: utf-8
 
 # # Finetune ELECTRA on GLUE
-#
+# 
 # The pretrained **discriminator** is what ELECTRA keeps: here its body gets the paper's classification head
 # (dropout on the [CLS] vector, one linear layer) and is finetuned on each GLUE task, several times with different
 # seeds, because single GLUE runs vary a lot. The paper reports the **median** dev score over runs, and the best
 # dev run of each task predicts the test set for the GLUE server.
-#
-# This notebook is the source of `finetune.py` (regenerate it with `python -m _utils.nbscript`): the cells
-# marked `#| notebook-only` are pictures and tables that stay here. The numbers of the recipe are in
+# 
+# This notebook is the source of `finetune.py` (regenerate it with `make scripts`, which runs nbconvert): the
+# cells tagged `notebook-only` are pictures and tables that stay here. The numbers of the recipe are in
 # `RECIPE.md` ("GLUE finetuning", "GLUE test submission"); the logic lives in `_utils/finetuning.py`
 # and `_utils/glue.py`.
 
@@ -39,6 +38,7 @@ from _utils.runs import (RunsLog, finetune_task, finished_runs, format_table, ru
 install_excepthook()  # in the script, bad input gives one clear line instead of a traceback
 datasets.disable_progress_bars()  # dozens of small tokenizing passes: their bars would bury the results
 started = time.perf_counter()
+
 
 # ## 1. Configuration
 # The fields' defaults are the paper's recipe. A **preset** sets a group of them: `demo` (the default) only
@@ -123,6 +123,7 @@ class MyConfig(Config):
 cfg = MyConfig.from_cli()
 print(cfg)
 
+
 # ## 2. The pretrained discriminator
 # Its body (embeddings and transformer layers, without the replaced-token head) is loaded once; every run starts
 # from a fresh copy of it. The size (from the hidden width) picks the learning rate and the layer-wise decay.
@@ -142,6 +143,7 @@ print(f'Model: {pretrained.source}\n  hidden {config.hidden_size}, {config.num_h
       f'(loss: {recipe.loss_reduction} over the batch), warmup {recipe.warmup_fraction:.0%}, weight decay '
       f'{recipe.weight_decay:g}')
 
+
 # ## 3. Where the results go, and what is already done
 # A set of runs lives under its group name (the model's, unless `--group_name`): `runs.csv`, `settings.json` and the
 # summaries in `<log_dir>/<group>/`, each task's best run so far in `<checkpoint_dir>/<group>/<task>.pth`, the test
@@ -158,6 +160,7 @@ output_dir = ensure_writable(project_path(cfg.output_dir) / group, '--output_dir
 settings = run_settings(pretrained, recipe, source, cfg.dev_fraction)
 finished = finished_runs(log_dir, settings, recipe) if cfg.resume else {}  # {task: {(run, seed): RunResult}}
 
+
 # ## 4. The tasks
 # `[CLS] a [SEP] b [SEP]`, at most 128 tokens, a pair truncated from its longer side. A task the source lacks is
 # skipped with a notice; a task without a dev split is evaluated on a fixed 10% of its training set; MRPC and
@@ -168,6 +171,7 @@ data, skipped = load_tasks(cfg.task_names, source, pretrained.tokenizer, cfg.max
 for name, task_data in data.items():
     print(f'  {name:6} ' + ', '.join(f'{split} {n:,}' for split, n in task_data.sizes().items()) +
           f' -> {recipe.epochs_for(name)} epochs of {-(-len(task_data.train) // recipe.batch_size)} batches')
+
 
 # ## 5. Finetuning: `n_runs` runs per task
 # Each run: a fresh head (Xavier-uniform, zero bias) on a fresh copy of the body, Adam without bias correction,
@@ -201,6 +205,7 @@ failed = [line for result in results.values() for line in result.failed]
 skipped.update({name: 'has no run with saved weights' if result.runs else 'failed in every run'
                 for name, result in results.items() if result.best is None})
 
+
 # ## 6. Dev results
 # Per task, over the runs' final dev scores (with `--resume`, the earlier runs' too): the median (the paper's
 # number), mean, std, min and max of the main metric (CoLA MCC, STS-B Spearman, accuracy elsewhere; MNLI
@@ -213,6 +218,7 @@ table, average = summarize(all_runs)
 print(format_table(table))
 summary_files = save_summary(table, log_dir, title=f'GLUE dev, {pretrained.name}, {cfg.n_runs} runs per task')
 print(f"Saved {', '.join(str(p) for p in summary_files)}")
+
 
 # ## 7. Test submission
 # The best dev run of each task predicts its test set; the MNLI model also predicts the diagnostic set AX; WNLI
@@ -237,3 +243,4 @@ print(f'Done in {(time.perf_counter() - started) / 60:.1f} min')
 if failed:
     raise SystemExit(f"{len(failed)} run{'s' * (len(failed) > 1)} failed (listed above); the others' results are "
                      'saved: run the same command with --resume to train only the missing runs')
+

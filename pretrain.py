@@ -1,15 +1,14 @@
 #!/usr/bin/env python
-
-# Generated from Pretrain.ipynb by `python -m _utils.nbscript`: edit the notebook, then regenerate.
+# coding: utf-8
 
 # # Pretrain ELECTRA from scratch
-#
+# 
 # ELECTRA (Clark et al., ICLR 2020) trains a small **generator** (a masked language model) and a
 # **discriminator** together: the generator fills in masked tokens, the discriminator tells, for every token,
 # whether it is the original or a replacement. The discriminator is the model you keep and finetune.
-#
-# This notebook is the source of `pretrain.py` (regenerate it with `python -m _utils.nbscript`): the cells
-# marked `#| notebook-only` are pictures and peeks that stay here. The numbers of the recipe are those of
+# 
+# This notebook is the source of `pretrain.py` (regenerate it with `make scripts`, which runs nbconvert): the
+# cells tagged `notebook-only` are pictures and peeks that stay here. The numbers of the recipe are those of
 # `RECIPE.md` (in this folder) throughout; the logic lives in `_utils/`.
 
 import os
@@ -34,6 +33,7 @@ from _utils.pretraining import (COMPILE_MODES, build_electra, last_batch_auc, pi
 from _utils.text import load_tokenizer, pretraining_examples
 
 install_excepthook()  # in the script, bad input gives one clear line instead of a traceback
+
 
 # ## 1. Configuration
 # Plain values with the paper's defaults. A **preset** sets a group of them: `demo` (the default: a tiny model on
@@ -127,6 +127,7 @@ if cfg.resume:  # the saved run's settings, plus whatever the command line sets
     cfg = MyConfig.from_saved(resume_from['config'], {**cfg.given, 'resume': cfg.resume})
 if int(os.environ.get("RANK", 0)) == 0: print(cfg)
 
+
 # ## 2. Data: corpus → tokens → packed examples
 # Lines are tokenized and packed the way the official builder does (RECIPE.md, "Pretraining data"): examples
 # never cross documents, 10% hold one segment only, 5% get a shorter random target length. The result is cached
@@ -143,6 +144,7 @@ with rank_zero_first(rank, world_size):  # several processes: rank 0 builds the 
                                     num_proc=cfg.num_proc or None, cache_root=project_path(cfg.data_cache))
 print(f'{len(examples):,} examples of up to {cfg.max_length} tokens; vocabulary {len(tokenizer):,}')
 
+
 # ## 3. The generator and the discriminator
 # Both are Hugging Face ELECTRA models; they share the whole embedding block, and the generator's output
 # layer is tied to the word embeddings. The generator is a fraction of the discriminator's width, same depth.
@@ -153,6 +155,7 @@ shared = count_parameters(electra.discriminator.electra.embeddings)
 print(f'ELECTRA-{cfg.size}: discriminator {count_parameters(electra.discriminator) / 1e6:.2f}M parameters, '
       f'generator {(count_parameters(electra.generator) - shared) / 1e6:.2f}M more '
       f'(hidden {electra.generator.config.hidden_size}), shared embeddings {shared / 1e6:.2f}M')
+
 
 # One step on a batch, looked at token by token: the masked input the generator sees, its samples, and the
 # discriminator's labels (a sample equal to the original counts as *real*).
@@ -200,8 +203,10 @@ if rank == 0:
           + (f', torch.compile {compile_mode}' if compile_mode != 'none' else '') + ')'
           + (f', {world_size} processes' if world_size > 1 else '') + (f', from step {start_step:,}' if start_step else ''))
 
+
 learn.fit(1)
 if getattr(learn, 'stop_reason', None): raise SystemExit(f'Stopped: {learn.stop_reason}')
+
 
 # ## 5. Where things went, and did it learn?
 # The generator's MLM loss should fall well below its start, and the discriminator's loss below the loss of a
@@ -213,3 +218,4 @@ if rank == 0:
     print(learning_summary(metrics.history))
     print(f'Checkpoints: {", ".join(str(p) for p in checkpointer.saved) or "none"}')
     print(f'Logs: {log_dir}/ (metrics.csv; TensorBoard: `tensorboard --logdir {log_dir.parent}`)')
+

@@ -1,0 +1,20 @@
+# The notebooks are the source: the scripts are generated from them with nbconvert, leaving out the cells tagged
+# `notebook-only` (pictures, tables, peeks at tensors).
+#   make scripts      pretrain.py and finetune.py from their notebooks (tests/test_scripts.py checks they match)
+#   make notebooks    run both notebooks at demo scale, keep their outputs (minus execution counts and other
+#                     metadata that change on every run), then regenerate the scripts
+OUT ?= .
+SCRIPT = jupyter nbconvert --to python --log-level WARN --output-dir $(OUT) \
+	--TagRemovePreprocessor.enabled=True --TagRemovePreprocessor.remove_cell_tags notebook-only \
+	--PythonExporter.exclude_input_prompt=True
+
+.PHONY: scripts notebooks
+scripts:
+	$(SCRIPT) --output pretrain Pretrain.ipynb
+	$(SCRIPT) --output finetune Finetune_GLUE.ipynb
+
+notebooks:
+	ELECTRA_ARGS= jupyter nbconvert --to notebook --execute --inplace --log-level WARN \
+		--ExecutePreprocessor.timeout=3600 Pretrain.ipynb Finetune_GLUE.ipynb
+	nbstripout --keep-output Pretrain.ipynb Finetune_GLUE.ipynb
+	$(MAKE) --no-print-directory scripts
