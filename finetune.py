@@ -26,7 +26,7 @@ from _utils.config import Config, option
 from _utils.electra import SIZES, count_parameters
 from _utils.errors import ensure_writable, install_excepthook
 from _utils.files import project_path
-from _utils.finetuning import group_name_for, missing_files_report, predict_test, recipe_for, run_seeds
+from _utils.finetuning import by_size, group_name_for, missing_files_report, predict_test, recipe_for, run_seeds
 from _utils.glue_data import glue_source, load_tasks, load_test_only, parse_tasks
 from _utils.glue_scores import write_submission
 from _utils.learner import pick_device, pick_precision
@@ -61,8 +61,8 @@ class MyConfig(Config):
     tasks: str = option('all', "'all' or a comma list, e.g. cola,sst2,rte (AX comes with MNLI)")
     n_runs: int = option(10, 'runs per task, seeds seed, seed+1, ...; the paper reports the median of 10')
     seed: int = option(0, 'seed of the first run')
-    lr: float | None = option(None, 'peak learning rate; none: by size, 3e-4 / 1e-4 / 5e-5 (small / base / large)')
-    layer_lr_decay: float | None = option(None, 'layer-wise lr decay; none: 0.8 (0.9 for large)')
+    lr: float | None = option(None, f"peak learning rate; none: by size, {by_size('lr')}")
+    layer_lr_decay: float | None = option(None, f"layer-wise lr decay; none: by size, {by_size('layer_lr_decay')}")
     fix_layer_decay: bool = option(False, 'give the top layer lr*decay instead of the official lr*decay^2')
     batch_size: int = option(32, 'training batch size')
     epochs: int | None = option(None, "epochs per task; none: the task's (3; 10 for RTE and STS-B)")
@@ -131,7 +131,7 @@ print(cfg)
 pretrained = load_pretrained(cfg.model, cfg.size)
 check_max_length(pretrained, cfg.max_length)
 recipe = recipe_for(pretrained.size, lr=cfg.lr, layer_lr_decay=cfg.layer_lr_decay,
-                    fixed_off_by_one=cfg.fix_layer_decay, batch_size=cfg.batch_size, epochs=cfg.epochs,
+                    fix_layer_decay=cfg.fix_layer_decay, batch_size=cfg.batch_size, epochs=cfg.epochs,
                     warmup_fraction=cfg.warmup_fraction, weight_decay=cfg.weight_decay, adam_eps=cfg.adam_eps,
                     clip=cfg.clip, loss_reduction=cfg.loss_reduction, dropout=cfg.dropout,
                     max_length=cfg.max_length)
@@ -139,7 +139,7 @@ config = pretrained.electra.config
 print(f'Model: {pretrained.source}\n  hidden {config.hidden_size}, {config.num_hidden_layers} layers, '
       f'{count_parameters(pretrained.electra) / 1e6:.1f}M parameters -> the {pretrained.size} recipe: '
       f'lr {recipe.lr:g}, layer decay {recipe.layer_lr_decay:g} '
-      f"({'fixed' if recipe.fixed_off_by_one else 'official'} depths), batch {recipe.batch_size} "
+      f"({'fixed' if recipe.fix_layer_decay else 'official'} depths), batch {recipe.batch_size} "
       f'(loss: {recipe.loss_reduction} over the batch), warmup {recipe.warmup_fraction:.0%}, weight decay '
       f'{recipe.weight_decay:g}')
 

@@ -22,7 +22,7 @@ from _utils.callbacks import Checkpointer, GracefulStop, NonFiniteLoss
 from _utils.checkpoint import (find_checkpoint, load_checkpoint, load_weights, make_checkpoint,
                                restore_training_state)
 from _utils.config import Config, option
-from _utils.electra import SIZES, count_parameters, step_metrics
+from _utils.electra import MASK_PROB, SIZES, count_parameters, step_metrics
 from _utils.errors import ensure_writable, install_excepthook
 from _utils.files import project_path
 from _utils.learner import (init_distributed, pick_device, pick_precision, rank_zero_first, seed_everything,
@@ -56,7 +56,7 @@ class MyConfig(Config):
     max_length: int = option(128, 'tokens per example')
     lr: float = option(5e-4, 'peak learning rate')
     warmup_steps: int = option(10_000, 'linear warmup steps (warmup multiplies the linear decay)')
-    mask_prob: float = option(0.15, 'fraction of tokens masked (0.25 for Large)')
+    mask_prob: float = option(MASK_PROB, 'fraction of tokens masked (0.25 for Large)')
     weight_decay: float = option(0.01, 'decoupled weight decay, not on LayerNorm or bias')
     adam_eps: float = option(1e-6, 'Adam epsilon (Adam without bias correction)')
     clip: float = option(1.0, 'global gradient-norm clip, on unscaled gradients')
@@ -88,9 +88,9 @@ class MyConfig(Config):
     PRESETS = {
         'demo': dict(size='tiny', corpus='bundled', max_steps=800, batch_size=16, lr=5e-4, warmup_steps=100),
         'paper-small': dict(size='small', corpus='Skylion007/openwebtext', max_steps=1_000_000, batch_size=128,
-                            max_length=128, lr=5e-4, warmup_steps=10_000, mask_prob=0.15),
+                            max_length=128, lr=5e-4, warmup_steps=10_000),
         'paper-base': dict(size='base', corpus='Skylion007/openwebtext', max_steps=766_000, batch_size=256,
-                           max_length=512, lr=2e-4, warmup_steps=10_000, mask_prob=0.15),
+                           max_length=512, lr=2e-4, warmup_steps=10_000),
         'paper-large': dict(size='large', corpus='Skylion007/openwebtext', max_steps=400_000, batch_size=2048,
                             max_length=512, lr=2e-4, warmup_steps=10_000, mask_prob=0.25),
         'none': dict(),

@@ -32,6 +32,9 @@ SIZES = {
 }
 
 
+MASK_PROB = 0.15  # RECIPE.md: 15% of the tokens are masked (the paper's Small and Base; Large uses 0.25)
+
+
 def electra_configs(size, vocab_size=30522, max_position_embeddings=512, pad_token_id=0, attn_implementation='sdpa'):
     """(generator_config, discriminator_config) as `transformers.ElectraConfig`s."""
     from transformers import ElectraConfig
@@ -89,7 +92,7 @@ class ElectraOutput:
 class ELECTRA(nn.Module):
     """Generator + discriminator and the masking between them: `forward(input_ids, token_type_ids)` is one step."""
 
-    def __init__(self, generator, discriminator, mask_token_id, special_token_ids, pad_token_id=0, mask_prob=0.15,
+    def __init__(self, generator, discriminator, mask_token_id, special_token_ids, pad_token_id=0, mask_prob=MASK_PROB,
                  max_predictions=None, mask_token_prob=0.85, random_token_prob=0.0, sample_temperature=1.0,
                  sampling='auto'):
         super().__init__()
@@ -130,7 +133,7 @@ def max_predictions_for(max_length, mask_prob):
     return max(1, int((mask_prob + 0.005) * max_length))
 
 
-def mask_positions(input_ids, attention_mask, special_token_ids, mask_prob=0.15, max_predictions=None):
+def mask_positions(input_ids, attention_mask, special_token_ids, mask_prob=MASK_PROB, max_predictions=None):
     """Choose positions to mask, the official way: round(mask_prob * non-pad tokens) draws, clipped to
     [1, max_predictions], with replacement among candidates (real tokens other than [CLS], [SEP], [MASK]).
 

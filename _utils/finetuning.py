@@ -1,14 +1,13 @@
-"""GLUE finetuning: which model, which data, the paper's recipe per run, results over runs, the test submission.
+"""One GLUE finetuning run with the paper's recipe: the recipe per model size, the Learner, dev metrics after every
+epoch, and the test-set predictions of a finetuned model.
 
-The facts are in RECIPE.md, "GLUE finetuning", "Optimizer and schedule" and "GLUE test submission". The path:
-    pretrained discriminator body (checkpoint | Hugging Face folder or hub id | random)
-    + task data (bundled sample | classic folder | hub parquet)            -> `load_pretrained`, `load_task_data`
-    -> n runs with distinct seeds, each a fastai Learner evaluated on dev after every epoch   -> `finetune_task`
-    -> every epoch's dev metrics appended to runs.csv as they arrive                         -> `RunsLog`
-    -> each task's best run so far saved as soon as its run ends                             -> `save_finetuned`
-    -> (--resume) finished runs skipped, their best's weights read back  -> `finished_runs`, `saved_best`
-    -> median / mean / std / min / max of the main metric per task, GLUE dev average         -> `summarize`
-    -> the best dev run of each task predicts its test set (MNLI's also AX)                  -> `predict_test`
+The facts are in RECIPE.md, "GLUE finetuning", "Optimizer and schedule" and "GLUE test submission". The whole path:
+    pretrained discriminator body (checkpoint | Hugging Face folder or hub id | random)       -> models.load_pretrained
+    + task data (bundled sample | classic folder | hub parquet)                       -> glue_data.load_tasks
+    -> n runs with distinct seeds, each evaluated on dev after every epoch   -> runs.finetune_task -> `finetune_run`
+    -> every epoch's dev metrics in runs.csv, each task's best run saved, --resume -> runs (RunsLog, saved_best)
+    -> median / mean / std / min / max per task, GLUE dev average                        -> runs.summarize
+    -> the best dev run of each task predicts its test set (MNLI's also AX)              -> `predict_test`
 """
 import contextlib
 import re
@@ -42,9 +41,9 @@ SIZE_RECIPES = {'small': dict(lr=3e-4, layer_lr_decay=0.8),
 @dataclass
 class Recipe:
     """The finetuning hyper-parameters of one task (defaults: ELECTRA-Small, RECIPE.md "GLUE finetuning")."""
-    lr: float = 3e-4
-    layer_lr_decay: float = 0.8
-    fixed_off_by_one: bool = False  # False: the official depths, top layer lr*decay^2 (the paper's numbers)
+    lr: float = SIZE_RECIPES['small']['lr']
+    layer_lr_decay: float = SIZE_RECIPES['small']['layer_lr_decay']
+    fix_layer_decay: bool = False  # False: the official depths, top layer lr*decay^2 (the paper's numbers)
     batch_size: int = 32
     epochs: int | None = None       # None: the task's own (3; 10 for RTE and STS-B)
     warmup_fraction: float = 0.1
@@ -57,6 +56,11 @@ class Recipe:
 
     def epochs_for(self, task):
         return self.epochs or task_by_name(task).epochs
+
+
+def by_size(field):
+    """A recipe field per size, for help texts: '0.0003 / 0.0001 / 5e-05 (small / base / large)'."""
+    return f"{' / '.join(f'{r[field]:g}' for r in SIZE_RECIPES.values())} ({' / '.join(SIZE_RECIPES)})"
 
 
 def recipe_for(size, **overrides):
@@ -144,7 +148,7 @@ def finetuning_optimizer(model, recipe, n_layers):
     """Adam without bias correction, no weight decay, lr * decay^(n+2-depth) per layer (RECIPE.md)."""
     return make_optimizer(model, lr=recipe.lr, weight_decay=recipe.weight_decay, eps=recipe.adam_eps,
                           layer_lr_decay=recipe.layer_lr_decay, n_layers=n_layers,
-                          fixed_off_by_one=recipe.fixed_off_by_one)
+                          fix_layer_decay=recipe.fix_layer_decay)
 
 
 def finetuning_learner(model, train_dl, task, recipe, n_layers, epochs, precision='fp32',

@@ -96,6 +96,8 @@ def build_learner(model, train_dl, loss_func, opt, *, lr, total_steps, warmup_st
     `total_steps`, the precision, clipping at `clip`, then `extra_cbs`. The model must be on `device` already.
 
     Nothing in a step waits for the GPU: batches are copied without blocking, and the loss stays on the device.
+    The lr reaches the optimizer through the schedule callback, which sets it before every step (the optimizer's
+    and the Learner's own lr are the same value, overwritten there).
     """
     if device.type == 'cpu': keep_freed_memory()
     cbs = [StepCounter(start_step), SkipValidation(), WarmupLinearDecay(lr, total_steps, warmup_steps),

@@ -103,7 +103,7 @@ def no_weight_decay(name):
     return name.endswith('bias') or 'LayerNorm' in name or 'layer_norm' in name
 
 
-def parameter_groups(model, weight_decay=0.01, layer_lr_decay=None, n_layers=None, fixed_off_by_one=False):
+def parameter_groups(model, weight_decay=0.01, layer_lr_decay=None, n_layers=None, fix_layer_decay=False):
     """Parameter groups: (decay / no decay) x (one group per depth when `layer_lr_decay` is set).
 
     Each group carries `lr_scale`, the factor applied to the scheduled lr. Shared parameters appear once.
@@ -116,7 +116,7 @@ def parameter_groups(model, weight_decay=0.01, layer_lr_decay=None, n_layers=Non
         scale = 1.0
         if layer_lr_decay is not None:
             depth = layer_depth(name, n_layers)
-            top = n_layers + 2 if not fixed_off_by_one else n_layers + 1
+            top = n_layers + 2 if not fix_layer_decay else n_layers + 1
             scale = layer_lr_decay ** max(0, top - depth)
         key = (wd, scale)
         groups.setdefault(key, dict(params=[], weight_decay=wd, lr_scale=scale, names=[]))
@@ -134,7 +134,7 @@ def layer_depth(name, n_layers):
 
 
 def make_optimizer(model, lr, weight_decay=0.01, betas=(0.9, 0.999), eps=1e-6, layer_lr_decay=None, n_layers=None,
-                   fixed_off_by_one=False, impl='auto'):
-    groups = parameter_groups(model, weight_decay, layer_lr_decay, n_layers, fixed_off_by_one)
+                   fix_layer_decay=False, impl='auto'):
+    groups = parameter_groups(model, weight_decay, layer_lr_decay, n_layers, fix_layer_decay)
     for g in groups: g.pop('names')
     return AdamNoBiasCorrection(groups, lr=lr, betas=betas, eps=eps, impl=impl)

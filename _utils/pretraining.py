@@ -1,16 +1,17 @@
-"""Putting a pretraining run together: device and precision choice, the data loader, the ELECTRA model, the Learner."""
+"""A pretraining run: the ELECTRA model at a size, batches for a number of steps, compilation, its Learner, and
+whether it learned."""
 import torch
 from fastai.callback.core import Callback
 
 from .callbacks import DataParallel, StepProgress
-from .electra import ELECTRA, ElectraLoss, build_models, max_predictions_for, step_metrics
+from .electra import ELECTRA, MASK_PROB, ElectraLoss, build_models, max_predictions_for, step_metrics
 from .errors import UserError
 from .learner import build_learner
 from .optim import make_optimizer
 from .text import Batches, StepBatches
 
 
-def build_electra(size, tokenizer, mask_prob=0.15, max_length=128, attn_implementation='sdpa'):
+def build_electra(size, tokenizer, mask_prob=MASK_PROB, max_length=128, attn_implementation='sdpa'):
     vocab_size = len(tokenizer)
     generator, discriminator = build_models(size, vocab_size=vocab_size, pad_token_id=tokenizer.pad_token_id,
                                             attn_implementation=attn_implementation)

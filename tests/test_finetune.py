@@ -137,7 +137,7 @@ def test_layer_lrs_head_lr_top_layer_lr_times_0_8_squared_embeddings_0_8_to_the_
 
 def test_fixed_layer_decay_gives_the_top_layer_lr_times_0_8(twelve_layer_classifier):
     model, lr = twelve_layer_classifier, 3e-4
-    lrs = effective_lrs(model, ft.finetuning_optimizer(model, ft.Recipe(lr=lr, fixed_off_by_one=True), n_layers=12))
+    lrs = effective_lrs(model, ft.finetuning_optimizer(model, ft.Recipe(lr=lr, fix_layer_decay=True), n_layers=12))
     assert lrs['classifier.weight'] == pytest.approx(lr)
     assert lrs['electra.encoder.layer.11.output.dense.weight'] == pytest.approx(lr * 0.8)
     assert lrs['electra.embeddings.word_embeddings.weight'] == pytest.approx(lr * 0.8 ** 13)

@@ -174,8 +174,8 @@ def test_layer_i_gets_decay_to_the_12_plus_2_minus_depth(classifier, i):
                for k, v in scale.items() if k.startswith(f'electra.encoder.layer.{i}.'))
 
 
-def test_fixed_off_by_one_gives_the_top_layer_0_8(classifier):
-    scale = scale_by_name(parameter_groups(classifier, 0.01, layer_lr_decay=0.8, n_layers=12, fixed_off_by_one=True))
+def test_fixed_layer_decay_gives_the_top_layer_0_8(classifier):
+    scale = scale_by_name(parameter_groups(classifier, 0.01, layer_lr_decay=0.8, n_layers=12, fix_layer_decay=True))
     assert scale['classifier.weight'] == 1.0
     assert scale['electra.encoder.layer.11.output.dense.weight'] == pytest.approx(0.8)
     assert scale['electra.embeddings.word_embeddings.weight'] == pytest.approx(0.8 ** 13)
