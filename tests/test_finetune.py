@@ -450,6 +450,15 @@ def test_resume_refuses_runs_made_with_other_settings_in_one_line(tmp_path):
     assert '\n' not in str(e.value)
 
 
+def test_resume_reads_settings_written_before_fixed_off_by_one_was_renamed_fix_layer_decay(tmp_path):
+    runs.RunsLog(tmp_path / 'runs.csv', settings=dict(SETTINGS, fixed_off_by_one=False)).append(
+        'CoLA', 0, 0, epoch_row(2, 10.0))
+    finished = runs.finished_runs(tmp_path, dict(SETTINGS, fix_layer_decay=False), ft.Recipe(epochs=2))
+    assert list(finished['CoLA']) == [(0, 0)]
+    with pytest.raises(UserError, match='fix_layer_decay False -> True'):
+        runs.finished_runs(tmp_path, dict(SETTINGS, fix_layer_decay=True), ft.Recipe(epochs=2))
+
+
 def test_a_failing_run_is_reported_in_one_line_and_the_other_runs_go_on(tmp_path, monkeypatch):
     monkeypatch.setattr(runs, 'finetune_run', fake_finetune_run({0: 10.0, 1: 30.0, 2: 20.0}, failing={1}))
     log, notices, saved = runs.RunsLog(tmp_path / 'runs.csv'), [], []
