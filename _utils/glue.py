@@ -130,16 +130,17 @@ _ALIASES = {'mnlim': 'MNLI', 'mnlimm': 'MNLI', 'mnlimatched': 'MNLI', 'mnlimisma
             'sst': 'SST-2', 'sts': 'STS-B', 'diagnostic': 'AX'}
 
 
-def _squash(name):
+def squash_name(name):
+    """A task name without case and punctuation: 'STS-B', 'sts_b' and 'stsb' are one key."""
     return ''.join(c for c in name.lower() if c.isalnum())
 
 
 def task_by_name(name):
     """The `GlueTask` for an official name, a hub config or an alias, case-insensitive ('sst2', 'STS-B', 'mnli-m')."""
     if isinstance(name, GlueTask): return name
-    known = {_squash(t.name): t.name for t in TASKS.values()} | {t.hub_config: t.name for t in TASKS.values()}
+    known = {squash_name(t.name): t.name for t in TASKS.values()} | {t.hub_config: t.name for t in TASKS.values()}
     known |= _ALIASES
-    key = _squash(str(name))
+    key = squash_name(str(name))
     if key in known: return TASKS[known[key]]
     close = did_you_mean(name, list(TASKS) + [t.hub_config for t in TASKS.values()])
     hint = f"did you mean '{close}'? " if close else ''

@@ -10,8 +10,8 @@ import torch
 
 from .errors import UserError
 from .files import atomic_write, atomic_write_text
-from .glue import (BUNDLED_GLUE_DIR, GLUE_AVERAGE_TASKS, SUBMISSION_FILES, TASKS, TEST_SIZES, _squash, load_glue_tsv,
-                   task_by_name)
+from .glue import (BUNDLED_GLUE_DIR, GLUE_AVERAGE_TASKS, SUBMISSION_FILES, TASKS, TEST_SIZES, load_glue_tsv,
+                   squash_name, task_by_name)
 
 
 def predictions_from_logits(task, logits):
@@ -57,7 +57,7 @@ def glue_average(per_task_main_scores):
     """
     # MNLI counts with its matched score: a key 'MNLI-mm' (mismatched) is left out rather than taken for MNLI.
     scores = {task_by_name(name).name: score for name, score in per_task_main_scores.items()
-              if _squash(name) not in ('mnlimm', 'mnlimismatched')}
+              if squash_name(name) not in ('mnlimm', 'mnlimismatched')}
     present = [scores[t] for t in GLUE_AVERAGE_TASKS if t in scores]
     missing = [t for t in GLUE_AVERAGE_TASKS if t not in scores]
     return GlueAverage(float(np.mean(present)) if present else math.nan, missing)
