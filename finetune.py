@@ -10,8 +10,9 @@
 # 
 # This notebook is the source of `finetune.py` (regenerate it with `make scripts`, which runs nbconvert): the
 # cells tagged `notebook-only` are pictures and tables that stay here. The numbers of the recipe are in
-# `RECIPE.md` ("GLUE finetuning", "GLUE test submission"); the logic lives in `_utils/finetuning.py`
-# and `_utils/glue.py`.
+# `RECIPE.md` ("GLUE finetuning", "GLUE test submission"); the logic lives in `_utils/`: `models.py` (which
+# model), `glue.py` and `glue_data.py` (the data), `finetuning.py` (one run), `runs.py` (runs.csv, resume,
+# summaries) and `glue_scores.py` (metrics, submission).
 
 import time
 import warnings
