@@ -78,6 +78,7 @@ def tokenizer_from_checkpoint(ckpt):
 def models_from_checkpoint(ckpt):
     """(generator, discriminator) with the checkpoint's weights, embeddings shared as in training."""
     from transformers import ElectraConfig, ElectraForMaskedLM, ElectraForPreTraining
+
     from .electra import share_embeddings
     gen = ElectraForMaskedLM(ElectraConfig.from_dict(ckpt['generator_config']))
     disc = ElectraForPreTraining(ElectraConfig.from_dict(ckpt['discriminator_config']))

@@ -4,9 +4,9 @@ import functools
 from torch import nn
 from torch.nn import functional as F
 
-from .speedups import use_fast_dropout
 from .errors import UserError
 from .glue import task_by_name
+from .speedups import use_fast_dropout
 
 
 class ElectraClassifier(nn.Module):

@@ -20,12 +20,12 @@ import torch
 from fastai.callback.core import Callback
 
 from .callbacks import autocast_dtype
-from .loggers import MetricsLogger
 from .classifier import loss_for
 from .glue import SUBMISSION_FILES, TASKS, task_by_name
 from .glue_data import collate, glue_dataloader
 from .glue_scores import compute_metrics, main_score, predictions_from_logits
 from .learner import build_learner, seed_everything
+from .loggers import MetricsLogger
 from .models import build_classifier
 from .optim import make_optimizer
 
