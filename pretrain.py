@@ -22,14 +22,14 @@ from _utils.callbacks import Checkpointer, GracefulStop, NonFiniteLoss
 from _utils.checkpoint import (find_checkpoint, load_checkpoint, load_weights, make_checkpoint,
                                restore_training_state)
 from _utils.config import Config, option
-from _utils.electra import MASK_PROB, SIZES, count_parameters, step_metrics
+from _utils.electra import MASK_PROB, OBJECTIVES, SIZES, step_metrics
 from _utils.errors import ensure_writable, install_excepthook
 from _utils.files import project_path
 from _utils.learner import (init_distributed, pick_device, pick_precision, rank_zero_first, seed_everything,
                             seed_masking)
 from _utils.loggers import LOGGERS, MetricsLogger, parse_loggers
-from _utils.pretraining import (COMPILE_MODES, build_electra, last_batch_auc, pick_compile, pretraining_learner,
-                                step_dataloader)
+from _utils.pretraining import (COMPILE_MODES, build_electra, describe_models, last_batch_auc, pick_compile,
+                                pretraining_learner, step_dataloader)
 from _utils.text import load_tokenizer, pretraining_examples
 
 install_excepthook()  # in the script, bad input gives one clear line instead of a traceback
@@ -62,6 +62,9 @@ class MyConfig(Config):
     clip: float = option(1.0, 'global gradient-norm clip, on unscaled gradients')
     generator_weight: float = option(1.0, 'weight of the generator\'s MLM loss')
     discriminator_weight: float = option(50.0, 'weight of the discriminator\'s loss')
+    objective: str = option('electra', "what to pretrain: 'electra' (the paper's), or a comparison of its Table 5: "
+                            "'electra-15' (discriminator loss on masked tokens only), 'replace-mlm' (MLM on generator "
+                            "samples), 'mlm' (BERT)", choices=list(OBJECTIVES))
     seed: int = option(0, 'random seed (data order, masking, initialisation)')
     run_name: str = option('', 'name for checkpoints and logs; empty: the preset (or size) name')
     precision: str = option('auto', 'auto: bf16 where the hardware is fast at it, else fp16 (GPU) / fp32 (CPU)',
@@ -149,12 +152,10 @@ print(f'{len(examples):,} examples of up to {cfg.max_length} tokens; vocabulary 
 # Both are Hugging Face ELECTRA models; they share the whole embedding block, and the generator's output
 # layer is tied to the word embeddings. The generator is a fraction of the discriminator's width, same depth.
 
-electra = build_electra(cfg.size, tokenizer, mask_prob=cfg.mask_prob, max_length=cfg.max_length)
+electra = build_electra(cfg.size, tokenizer, mask_prob=cfg.mask_prob, max_length=cfg.max_length,
+                        objective=cfg.objective)
 if resume_from: load_weights(electra, resume_from, tokenizer)
-shared = count_parameters(electra.discriminator.electra.embeddings)
-print(f'ELECTRA-{cfg.size}: discriminator {count_parameters(electra.discriminator) / 1e6:.2f}M parameters, '
-      f'generator {(count_parameters(electra.generator) - shared) / 1e6:.2f}M more '
-      f'(hidden {electra.generator.config.hidden_size}), shared embeddings {shared / 1e6:.2f}M')
+print(describe_models(electra, cfg.size))
 
 
 # One step on a batch, looked at token by token: the masked input the generator sees, its samples, and the

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .electra import DETECTION_OBJECTIVES
 from .errors import UserError
 from .files import PROJECT_DIR, safe_load
 
@@ -47,11 +48,13 @@ def set_rng_state(state):
 def make_checkpoint(electra, tokenizer, config, step, total_steps, optimizer=None, with_rng=True):
     """The checkpoint dict (weights on CPU); `config` is a plain dict of the run's settings."""
     cpu = lambda sd: {k: v.detach().cpu() for k, v in sd.items()}
-    ckpt = dict(format=FORMAT, step=step, total_steps=total_steps, config=dict(config),
-                generator_config=electra.generator.config.to_dict(),
+    gen = electra.generator  # None with the mlm objective
+    ckpt = dict(format=FORMAT, step=step, total_steps=total_steps, config=dict(config), objective=electra.objective,
+                generator_config=gen.config.to_dict() if gen is not None else None,
                 discriminator_config=electra.discriminator.config.to_dict(),
                 tokenizer=tokenizer.backend_tokenizer.to_str(),
-                generator=cpu(electra.generator.state_dict()), discriminator=cpu(electra.discriminator.state_dict()))
+                generator=cpu(gen.state_dict()) if gen is not None else None,
+                discriminator=cpu(electra.discriminator.state_dict()))
     if optimizer is not None: ckpt['optimizer'] = optimizer.state_dict()
     if with_rng: ckpt['rng'] = rng_state()
     return ckpt
@@ -75,16 +78,21 @@ def tokenizer_from_checkpoint(ckpt):
     return ElectraTokenizerFast(tokenizer_object=Tokenizer.from_str(ckpt['tokenizer']))
 
 
-def models_from_checkpoint(ckpt):
-    """(generator, discriminator) with the checkpoint's weights, embeddings shared as in training."""
-    from transformers import ElectraConfig, ElectraForMaskedLM, ElectraForPreTraining
+def objective_of(ckpt):
+    """The pretraining objective a checkpoint was trained with (checkpoints older than the option: 'electra')."""
+    return ckpt.get('objective', 'electra')
 
-    from .electra import share_embeddings
-    gen = ElectraForMaskedLM(ElectraConfig.from_dict(ckpt['generator_config']))
-    disc = ElectraForPreTraining(ElectraConfig.from_dict(ckpt['discriminator_config']))
-    share_embeddings(gen, disc)
+
+def models_from_checkpoint(ckpt):
+    """(generator, discriminator) with the checkpoint's weights, embeddings shared as in training. With an MLM
+    objective the discriminator's place holds the MLM model, and `mlm` has no generator (None)."""
+    from transformers import ElectraConfig
+
+    from .electra import models_for
+    gen_config = ckpt['generator_config'] and ElectraConfig.from_dict(ckpt['generator_config'])
+    gen, disc = models_for(gen_config, ElectraConfig.from_dict(ckpt['discriminator_config']), objective_of(ckpt))
     disc.load_state_dict(ckpt['discriminator'])
-    gen.load_state_dict(ckpt['generator'])
+    if gen is not None: gen.load_state_dict(ckpt['generator'])
     return gen, disc
 
 
@@ -96,11 +104,15 @@ def newest_checkpoint(directory=CHECKPOINT_DIR, pattern='*.pth'):
 
 
 def export_huggingface(ckpt, out_dir):
-    """Write the discriminator and generator in the Hugging Face format (`from_pretrained` loads them)."""
+    """Write the discriminator and generator in the Hugging Face format (`from_pretrained` loads them). With an MLM
+    objective the model goes to `mlm/` (an `ElectraForMaskedLM`), and the generator, if the objective has one, to
+    `generator/`."""
     out_dir = Path(out_dir)
     gen, disc = models_from_checkpoint(ckpt)
     tok = tokenizer_from_checkpoint(ckpt)
-    for name, model in (('discriminator', disc), ('generator', gen)):
+    main = 'discriminator' if objective_of(ckpt) in DETECTION_OBJECTIVES else 'mlm'
+    for name, model in ((main, disc), ('generator', gen)):
+        if model is None: continue
         model.save_pretrained(out_dir / name)
         tok.save_pretrained(out_dir / name)
     return out_dir
@@ -119,8 +131,11 @@ def load_weights(electra, ckpt, tokenizer=None):
         if saved.get_vocab() != tokenizer.get_vocab():
             raise UserError(f'the tokenizer ({len(tokenizer):,} tokens) does not match the checkpoint\'s '
                             f'({len(saved):,} tokens); use the tokenizer the run was trained with')
+    if objective_of(ckpt) != electra.objective:
+        raise UserError(f"the checkpoint was trained with --objective {objective_of(ckpt)}, this model has "
+                        f"{electra.objective}; use --objective {objective_of(ckpt)}")
     try:
-        electra.generator.load_state_dict(ckpt['generator'])
+        if electra.generator is not None: electra.generator.load_state_dict(ckpt['generator'])
         electra.discriminator.load_state_dict(ckpt['discriminator'])
     except RuntimeError as e:
         raise UserError(f'the checkpoint\'s weights do not fit this model ({str(e).splitlines()[0][:150]}); '

@@ -8,6 +8,10 @@ One step (RECIPE.md, "One pretraining step"):
     -> loss = 1 * MLM + 50 * replaced-token-detection
 The models are Hugging Face `ElectraForMaskedLM` / `ElectraForPreTraining`, so a checkpoint exports to the
 Hugging Face format with `save_pretrained`.
+
+`objective` switches to the paper's comparisons (section 3.2, Table 5; the official code's `electra_objective`):
+`OBJECTIVES` says what each one trains. With an MLM objective the model kept for finetuning is an
+`ElectraForMaskedLM` of the discriminator's size, in the discriminator's place.
 """
 from dataclasses import dataclass
 
@@ -34,6 +38,21 @@ SIZES = {
 
 MASK_PROB = 0.15  # RECIPE.md: 15% of the tokens are masked (the paper's Small and Base; Large uses 0.25)
 
+OBJECTIVES = {
+    'electra': "the paper's: the discriminator tells replaced from original on every token (+ the generator's MLM)",
+    'electra-15': 'ELECTRA 15%: the discriminator\'s loss only on the masked positions',
+    'replace-mlm': "Replace MLM: masked positions get the generator's samples instead of [MASK]; the model predicts "
+                   'the originals there (MLM loss)',
+    'mlm': 'BERT: the discriminator-sized model trained as a masked language model alone (no generator)',
+}
+DETECTION_OBJECTIVES = ('electra', 'electra-15')  # a discriminator head (ElectraForPreTraining); the rest an MLM head
+
+
+def check_objective(objective):
+    if objective not in OBJECTIVES:
+        raise UserError(f"unknown objective '{objective}'; objectives: {', '.join(OBJECTIVES)}")
+    return objective
+
 
 def electra_configs(size, vocab_size=30522, max_position_embeddings=512, pad_token_id=0, attn_implementation='sdpa'):
     """(generator_config, discriminator_config) as `transformers.ElectraConfig`s."""
@@ -51,14 +70,25 @@ def electra_configs(size, vocab_size=30522, max_position_embeddings=512, pad_tok
     return gen, disc
 
 
-def build_models(size, vocab_size=30522, max_position_embeddings=512, pad_token_id=0, attn_implementation='sdpa'):
-    """A generator and a discriminator sharing the whole embedding block, generator softmax tied to word embeddings."""
-    from transformers import ElectraForMaskedLM, ElectraForPreTraining
+def build_models(size, vocab_size=30522, max_position_embeddings=512, pad_token_id=0, attn_implementation='sdpa',
+                 objective='electra'):
+    """A generator and a discriminator sharing the whole embedding block, generator softmax tied to word embeddings.
+
+    With an MLM objective the discriminator's place holds an `ElectraForMaskedLM` of the discriminator's size, and
+    `mlm` has no generator (None)."""
     gen_config, disc_config = electra_configs(size, vocab_size, max_position_embeddings, pad_token_id,
                                               attn_implementation)
-    discriminator = ElectraForPreTraining(disc_config)
-    generator = ElectraForMaskedLM(gen_config)
-    share_embeddings(generator, discriminator)
+    return models_for(gen_config, disc_config, objective)
+
+
+def models_for(gen_config, disc_config, objective='electra'):
+    """(generator or None, discriminator) for `objective`, from their configs, embeddings shared."""
+    from transformers import ElectraForMaskedLM, ElectraForPreTraining
+    check_objective(objective)
+    detects = objective in DETECTION_OBJECTIVES
+    discriminator = (ElectraForPreTraining if detects else ElectraForMaskedLM)(disc_config)
+    generator = ElectraForMaskedLM(gen_config) if objective != 'mlm' else None
+    if generator is not None: share_embeddings(generator, discriminator)
     return generator, discriminator
 
 
@@ -75,7 +105,8 @@ def count_parameters(module):
 
 @dataclass
 class ElectraOutput:
-    """Everything one step computes; the loss and the metrics read it. B batch, L length, N masked slots, V vocab."""
+    """Everything one step computes; the loss and the metrics read it. B batch, L length, N masked slots, V vocab.
+    What an objective has no use for is None (`mlm` has no generator; the MLM objectives no discriminator logits)."""
     mlm_logits: torch.Tensor        # (B, N, V) generator logits at the masked slots
     masked_positions: torch.Tensor  # (B, N) positions of the masked slots (drawn with replacement)
     masked_ids: torch.Tensor        # (B, N) original tokens at the masked slots
@@ -87,15 +118,25 @@ class ElectraOutput:
     attention_mask: torch.Tensor    # (B, L) 1 on real (non-pad) tokens
     mlm_loss: torch.Tensor = None   # () generator loss, `mlm_loss(out)`: computed once, read by the loss and metrics
     disc_loss: torch.Tensor = None  # () discriminator loss, `discriminator_loss(out)`
+    disc_weight: torch.Tensor = None  # (B, L) where the discriminator's loss counts: real tokens (electra-15: masked)
+    model_logits: torch.Tensor = None  # (B, N, V) MLM objectives: the model's logits at the masked slots
+    model_loss: torch.Tensor = None    # () MLM objectives: the model's MLM loss
 
 
 class ELECTRA(nn.Module):
-    """Generator + discriminator and the masking between them: `forward(input_ids, token_type_ids)` is one step."""
+    """Generator + discriminator and the masking between them: `forward(input_ids, token_type_ids)` is one step.
+
+    Any generator and discriminator with Hugging Face ELECTRA's interface fit; `objective` picks what is trained
+    (`OBJECTIVES`), and `build_models(..., objective=...)` makes the matching pair."""
 
     def __init__(self, generator, discriminator, mask_token_id, special_token_ids, pad_token_id=0, mask_prob=MASK_PROB,
                  max_predictions=None, mask_token_prob=0.85, random_token_prob=0.0, sample_temperature=1.0,
-                 sampling='auto'):
+                 sampling='auto', objective='electra'):
         super().__init__()
+        self.objective = check_objective(objective)
+        if (generator is None) != (objective == 'mlm'):
+            raise UserError(f"objective '{objective}' " + ('trains no generator: pass None' if generator is not None
+                                                           else 'needs a generator'))
         self.generator, self.discriminator = generator, discriminator
         use_fast_dropout(self)  # the same dropout, faster in CPU training (speedups.py)
         self.mask_token_id, self.pad_token_id = mask_token_id, pad_token_id
@@ -110,22 +151,41 @@ class ELECTRA(nn.Module):
         positions, weight = mask_positions(input_ids, attention_mask, self.special_token_ids, self.mask_prob,
                                            self.max_predictions)                      # (B, N), (B, N)
         masked_ids = input_ids.gather(1, positions)                                   # (B, N)
-        gen_input = replace_masked(input_ids, positions, weight, masked_ids, self.mask_token_id,
-                                   self.mask_token_prob, self.random_token_prob, self.generator.config.vocab_size)
+        masked_input = replace_masked(input_ids, positions, weight, masked_ids, self.mask_token_id,
+                                      self.mask_token_prob, self.random_token_prob,
+                                      self.discriminator.config.vocab_size)
+        if self.objective == 'mlm':  # BERT: the model itself predicts the masked tokens
+            out = ElectraOutput(None, positions, masked_ids, weight, None, masked_input, None, None, attention_mask)
+            out.model_logits = generator_logits_at(self.discriminator, masked_input, attention_mask, token_type_ids,
+                                                   positions)
+            out.model_loss = masked_lm_loss(out.model_logits, masked_ids, weight)
+            return out
 
-        mlm_logits = generator_logits_at(self.generator, gen_input, attention_mask, token_type_ids, positions)
-
+        mlm_logits = generator_logits_at(self.generator, masked_input, attention_mask, token_type_ids, positions)
         with torch.no_grad():  # no gradient flows through the sample
             sampled_ids = sample_from_softmax(mlm_logits, self.sample_temperature, self.sampling)  # (B, N)
         # The discriminator sees the original text with samples put in at the used slots: never [MASK]
         disc_input = input_ids.scatter(1, positions, slot_writes(sampled_ids, masked_ids, weight))  # (B, L)
         is_replaced = disc_input != input_ids                # a sample equal to the original is labelled real
-        disc_logits = self.discriminator(input_ids=disc_input, attention_mask=attention_mask,
-                                         token_type_ids=token_type_ids).logits        # (B, L)
-        out = ElectraOutput(mlm_logits, positions, masked_ids, weight, sampled_ids, disc_input, disc_logits,
-                            is_replaced, attention_mask)
-        out.mlm_loss, out.disc_loss = mlm_loss(out), discriminator_loss(out)
+        out = ElectraOutput(mlm_logits, positions, masked_ids, weight, sampled_ids, disc_input, None, is_replaced,
+                            attention_mask)
+        out.mlm_loss = mlm_loss(out)
+        if self.objective == 'replace-mlm':  # the model predicts the originals where the samples went in
+            out.model_logits = generator_logits_at(self.discriminator, disc_input, attention_mask, token_type_ids,
+                                                   positions)
+            out.model_loss = masked_lm_loss(out.model_logits, masked_ids, weight)
+            return out
+        out.disc_logits = self.discriminator(input_ids=disc_input, attention_mask=attention_mask,
+                                             token_type_ids=token_type_ids).logits    # (B, L)
+        out.disc_weight = (attention_mask.float() if self.objective == 'electra'
+                           else used_positions(positions, weight, input_ids.shape))    # electra-15: masked only
+        out.disc_loss = discriminator_loss(out)
         return out
+
+
+def used_positions(positions, weight, shape):
+    """(B, L) 1.0 at the positions of used slots (a position drawn twice counts once), else 0.0."""
+    return torch.zeros(shape, device=positions.device).scatter_add(1, positions, weight).clamp(max=1)
 
 
 def max_predictions_for(max_length, mask_prob):
@@ -208,45 +268,61 @@ def sample_from_softmax(logits, temperature=1.0, method='auto'):
 
 class ElectraLoss(nn.Module):
     """1 x MLM (mean cross-entropy over used masked slots) + 50 x BCE over all non-pad tokens, from the two losses
-    the forward computed (`ElectraOutput.mlm_loss`, `.disc_loss`)."""
+    the forward computed (`ElectraOutput.mlm_loss`, `.disc_loss`). The MLM objectives add the model's MLM loss with
+    weight 1 instead of the discriminator's; `mlm` has only that."""
 
     def __init__(self, generator_weight=1.0, discriminator_weight=50.0):
         super().__init__()
         self.generator_weight, self.discriminator_weight = generator_weight, discriminator_weight
 
     def forward(self, out: ElectraOutput, *targets):
-        return self.generator_weight * out.mlm_loss + self.discriminator_weight * out.disc_loss
+        if out.mlm_loss is None: return out.model_loss                                   # mlm
+        second = self.discriminator_weight * out.disc_loss if out.disc_loss is not None else out.model_loss
+        return self.generator_weight * out.mlm_loss + second
 
 
-def mlm_loss(out):
-    ce = F.cross_entropy(out.mlm_logits.float().flatten(0, 1), out.masked_ids.flatten(), reduction='none')
-    w = out.masked_weight.flatten()
+def masked_lm_loss(logits, masked_ids, weight):
+    """Mean cross-entropy over the used slots: logits (B, N, V), masked_ids and weight (B, N)."""
+    ce = F.cross_entropy(logits.float().flatten(0, 1), masked_ids.flatten(), reduction='none')
+    w = weight.flatten()
     return (ce * w).sum() / w.sum().clamp_min(1)
 
 
+def mlm_loss(out): return masked_lm_loss(out.mlm_logits, out.masked_ids, out.masked_weight)
+
+
 def discriminator_loss(out):
-    mask = out.attention_mask.float()
+    """Mean BCE where `out.disc_weight` is 1 (every real token; electra-15: the masked positions)."""
+    mask = out.attention_mask.float() if out.disc_weight is None else out.disc_weight
     bce = F.binary_cross_entropy_with_logits(out.disc_logits.float(), out.is_replaced.float(), reduction='none')
-    return (bce * mask).sum() / mask.sum()
+    return (bce * mask).sum() / mask.sum().clamp_min(1)
 
 
 @torch.no_grad()
 def step_metrics(out: ElectraOutput):
-    """Per-step numbers worth logging (RECIPE.md), as 0-d tensors. Masks are multiplied, never used to index, so
-    nothing here waits for the GPU (boolean indexing would: its output size lives on the device)."""
+    """Per-step numbers worth logging (RECIPE.md), as 0-d tensors: the generator's and the discriminator's, or, with
+    an MLM objective, the model's MLM loss and accuracy. Masks are multiplied, never used to index, so nothing here
+    waits for the GPU (boolean indexing would: its output size lives on the device)."""
     w = out.masked_weight
+    accuracy = lambda logits: ((logits.argmax(-1) == out.masked_ids).float() * w).sum() / w.sum()
+    if out.disc_logits is None:  # an MLM objective (in the order the electra objective logs them)
+        metrics = {} if out.mlm_logits is None else dict(
+            mlm_loss=out.mlm_loss.detach(), gen_acc=accuracy(out.mlm_logits),
+            sampled_acc=((out.sampled_ids == out.masked_ids).float() * w).sum() / w.sum())
+        return dict(metrics, model_mlm_loss=out.model_loss.detach(), model_acc=accuracy(out.model_logits))
     real = out.attention_mask.float()                                         # (B, L)
     labels = out.is_replaced.float() * real
     predicted = (out.disc_logits > 0).float() * real
     n_real, tp = real.sum(), (predicted * labels).sum()
+    scored = out.disc_weight if out.disc_weight is not None else real  # where the loss counts (electra-15: masked)
     return dict(
         mlm_loss=out.mlm_loss.detach(), disc_loss=out.disc_loss.detach(),
-        gen_acc=((out.mlm_logits.argmax(-1) == out.masked_ids).float() * w).sum() / w.sum(),
+        gen_acc=accuracy(out.mlm_logits),
         sampled_acc=((out.sampled_ids == out.masked_ids).float() * w).sum() / w.sum(),
         disc_acc=(((predicted == labels).float() * real).sum()) / n_real,
         disc_precision=tp / predicted.sum().clamp_min(1),
         disc_recall=tp / labels.sum().clamp_min(1),
-        replaced_rate=labels.sum() / n_real,
+        replaced_rate=(out.is_replaced.float() * scored).sum() / scored.sum().clamp_min(1),  # of the scored tokens
     )
 
 

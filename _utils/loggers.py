@@ -1,8 +1,9 @@
-"""Where the numbers of a run go: every few steps to CSV, TensorBoard and (optionally) Neptune. A logger that fails
-is reported once and dropped; training never stops for it."""
+"""Where the numbers of a run go: every few steps to CSV, TensorBoard and (optionally) Neptune or MLflow. A logger
+that fails is reported once and dropped; training never stops for it."""
 import csv
 import math
 import os
+import re
 import time
 import warnings
 from pathlib import Path
@@ -14,7 +15,7 @@ from .errors import UserError
 
 
 class MetricsLogger(Callback):
-    """Every `every` steps: losses, metrics, lr and tokens/s to CSV, TensorBoard and (optionally) Neptune.
+    """Every `every` steps: losses, metrics, lr and tokens/s to CSV, TensorBoard and (optionally) Neptune, MLflow.
 
     `metrics_fn(pred) -> {name: 0-d tensor}` runs every step and is averaged over the steps since the last log
     (summed on the device: no host-device synchronisation between logs); `snapshot_fn(pred) -> {name: float}`
@@ -126,7 +127,63 @@ class _Neptune:
     def close(self): self.run.stop()
 
 
-_BACKENDS = {'csv': _CSV, 'tensorboard': _TensorBoard, 'neptune': _Neptune}
+class _MLflow:
+    """MLflow (`pip install mlflow`, or `mlflow-skinny` to log only) through an `MlflowClient` with an explicit run
+    id: the fluent API keeps one global active run, which two loggers in one process would share.
+
+    The store is MLFLOW_TRACKING_URI when set (a server, a database...), else a local folder that needs no server:
+    `mlruns/` beside the folder given as --log_dir, so that pretraining runs (<log_dir>/<run>) and finetuning runs
+    (<log_dir>/<group>/<task>_run<i>_seed<s>) share one store, `logs/mlruns`. The experiment is named after that
+    folder (electra-pretrain, electra-finetune), the MLflow run after the run. The local store is MLflow's file store:
+    MLflow 3 refuses it unless MLFLOW_ALLOW_FILE_STORE=true, so that is set for this process (unless set otherwise);
+    its database store (sqlite:///...) needs SQLAlchemy, which mlflow-skinny lacks. A resumed run is logged as a new
+    MLflow run with the same name, tagged resumed, from the step it resumed at.
+    """
+
+    def __init__(self, log_dir, run_name, config, resuming=False):
+        try: import mlflow  # noqa: F401 (the package itself: its submodules may be imported already)
+        except ImportError as e:
+            raise ImportError(f'mlflow cannot be imported ({e}): pip install mlflow (the full package, with '
+                              '`mlflow ui`) or pip install mlflow-skinny (logging only)') from None
+        from mlflow.entities import Metric, Param, RunStatus
+        from mlflow.tracking import MlflowClient
+        self.Metric, self.finished = Metric, RunStatus.to_string(RunStatus.FINISHED)
+        uri = os.environ.get('MLFLOW_TRACKING_URI')
+        store, experiment = _mlflow_home(log_dir)
+        if not uri:
+            os.environ.setdefault('MLFLOW_ALLOW_FILE_STORE', 'true')
+            uri = store.as_uri()
+        self.client = MlflowClient(uri)
+        found = self.client.get_experiment_by_name(experiment)
+        experiment_id = found.experiment_id if found else self.client.create_experiment(experiment)
+        tags = {'log_dir': str(log_dir), **({'resumed': 'true'} if resuming else {})}
+        self.run_id = self.client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
+        params = [Param(k, _shorten(str(v), 500)) for k, v in (config or {}).items()]
+        for i in range(0, len(params), 100):  # at most 100 params per call
+            self.client.log_batch(self.run_id, params=params[i:i + 100])
+
+    def log(self, row):
+        now = int(time.time() * 1000)
+        metrics = [self.Metric(k, float(v), now, row['step']) for k, v in row.items()
+                   if k != 'step' and isinstance(v, (int, float)) and math.isfinite(v)]
+        if metrics: self.client.log_batch(self.run_id, metrics=metrics)
+
+    def close(self): self.client.set_terminated(self.run_id, self.finished)
+
+
+def _mlflow_home(log_dir):
+    """(local store, experiment name) of a run's log folder: `logs/mlruns` and electra-pretrain for
+    logs/pretrain/<run>; `logs/mlruns` and electra-finetune for logs/finetune/<group>/<task>_run<i>_seed<s>."""
+    run = Path(log_dir).resolve()
+    finetuning = run.parent.name != 'pretrain' and re.search(r'_run\d+_seed\d+$', run.name)
+    root = run.parents[1] if finetuning else run.parent  # the folder given as --log_dir
+    return root.parent / 'mlruns', f'electra-{root.name}'
+
+
+def _shorten(text, limit): return text if len(text) <= limit else text[:limit - 3] + '...'
+
+
+_BACKENDS = {'csv': _CSV, 'tensorboard': _TensorBoard, 'neptune': _Neptune, 'mlflow': _MLflow}
 
 
 LOGGERS = tuple(_BACKENDS)

@@ -4,24 +4,37 @@ import torch
 from fastai.callback.core import Callback
 
 from .callbacks import DataParallel, StepProgress
-from .electra import ELECTRA, MASK_PROB, ElectraLoss, build_models, max_predictions_for, step_metrics
+from .electra import (ELECTRA, MASK_PROB, OBJECTIVES, ElectraLoss, build_models, count_parameters, max_predictions_for,
+                      step_metrics)
 from .errors import UserError
 from .learner import build_learner
 from .optim import make_optimizer
 from .text import Batches, StepBatches
 
 
-def build_electra(size, tokenizer, mask_prob=MASK_PROB, max_length=128, attn_implementation='sdpa'):
+def build_electra(size, tokenizer, mask_prob=MASK_PROB, max_length=128, attn_implementation='sdpa',
+                  objective='electra'):
     vocab_size = len(tokenizer)
     generator, discriminator = build_models(size, vocab_size=vocab_size, pad_token_id=tokenizer.pad_token_id,
-                                            attn_implementation=attn_implementation)
+                                            attn_implementation=attn_implementation, objective=objective)
     if max_length > discriminator.config.max_position_embeddings:
         raise UserError(f'--max_length {max_length} exceeds the model\'s {discriminator.config.max_position_embeddings}'
                         ' positions; use at most that')
     specials = [tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.mask_token_id, tokenizer.pad_token_id]
     return ELECTRA(generator, discriminator, mask_token_id=tokenizer.mask_token_id, special_token_ids=specials,
                    pad_token_id=tokenizer.pad_token_id, mask_prob=mask_prob,
-                   max_predictions=max_predictions_for(max_length, mask_prob))
+                   max_predictions=max_predictions_for(max_length, mask_prob), objective=objective)
+
+
+def describe_models(electra, size):
+    """One line: the objective and the parameters of each network."""
+    disc, gen = electra.discriminator, electra.generator
+    what = 'discriminator' if electra.objective in ('electra', 'electra-15') else 'MLM model'
+    line = f'ELECTRA-{size}, objective {electra.objective}: {what} {count_parameters(disc) / 1e6:.2f}M parameters'
+    if gen is None: return line + f' (no generator: {OBJECTIVES["mlm"]})'
+    shared = count_parameters(disc.electra.embeddings)
+    return line + (f', generator {(count_parameters(gen) - shared) / 1e6:.2f}M more (hidden {gen.config.hidden_size}),'
+                   f' shared embeddings {shared / 1e6:.2f}M')
 
 
 def step_dataloader(examples, batch_size, max_steps, seed, start_step=0, rank=0, world_size=1, num_workers=0):
@@ -69,6 +82,7 @@ class Compiled:
 def last_batch_auc(out):
     """The discriminator's ROC AUC over the real tokens of the last batch (computed on logged steps only)."""
     from sklearn.metrics import roc_auc_score
+    if out.disc_logits is None: return {}  # an MLM objective
     real = out.attention_mask.bool()
     labels = out.is_replaced[real].cpu().numpy()
     scores = out.disc_logits[real].float().detach().cpu().numpy()
@@ -111,15 +125,28 @@ class CudaGraphSteps(Callback):
     def before_batch(self): torch.compiler.cudagraph_mark_step_begin()
 
 
+AUC_LEARNED, AUC_LEARNING = 0.80, 0.60  # "did it learn?": the discriminator's AUC on the last logged batch
+
+
 def learning_summary(history):
-    """Did it learn? MLM loss fall, discriminator loss against the majority-class baseline."""
+    """Did it learn? The generator's (or, with an MLM objective, the model's) MLM loss and accuracy from the first
+    logged step to the last, and the discriminator's loss against the majority-class baseline and its AUC, with a
+    plain verdict: "learned" at AUC >= 0.80, "learning" at >= 0.60, "not yet" below."""
     if len(history) < 2: return 'Too few logged steps to judge learning.'
     first, last = history[0], history[-1]
-    from .electra import binary_entropy
-    baseline = binary_entropy(last['replaced_rate'])
-    drop = 1 - last['mlm_loss'] / first['mlm_loss']
-    return (f"Generator MLM loss {first['mlm_loss']:.3f} (step {first['step']}) -> {last['mlm_loss']:.3f} "
-            f"(step {last['step']}): {drop:.0%} lower\n"
-            f"Discriminator loss {last['disc_loss']:.4f} vs majority-class baseline {baseline:.4f} "
-            f"(replaced rate {last['replaced_rate']:.3f}): {'below' if last['disc_loss'] < baseline else 'not below'}"
-            f"; AUC {last.get('disc_auc', float('nan')):.3f}")
+    lines = []
+    for who, loss, acc in (('Generator', 'mlm_loss', 'gen_acc'), ('Model', 'model_mlm_loss', 'model_acc')):
+        if loss not in last: continue
+        drop = 1 - last[loss] / first[loss]
+        lines.append(f"{who} MLM loss {first[loss]:.3f} (step {first['step']}) -> {last[loss]:.3f} "
+                     f"(step {last['step']}): {drop:.0%} lower; accuracy {first[acc]:.3f} -> {last[acc]:.3f}"
+                     + ('' if last[acc] > first[acc] else ' (not rising)'))
+    if 'disc_loss' in last:
+        from .electra import binary_entropy
+        baseline, auc = binary_entropy(last['replaced_rate']), last.get('disc_auc', float('nan'))
+        verdict = ('learned to spot replaced tokens' if auc >= AUC_LEARNED else
+                   'learning, not there yet' if auc >= AUC_LEARNING else 'not yet learning: close to guessing')
+        below = 'below' if last['disc_loss'] < baseline else 'not below'
+        lines.append(f"Discriminator loss {last['disc_loss']:.4f} vs majority-class baseline {baseline:.4f} "
+                     f"(replaced rate {last['replaced_rate']:.3f}): {below}; AUC {auc:.3f}: {verdict} (AUC {AUC_LEARNED:.2f}+ is clear learning, 0.5 is chance)")
+    return '\n'.join(lines)

@@ -1,6 +1,7 @@
 """Logging: every backend gets the rows, and a failing logger never stops training."""
 import csv
 import os
+import sys
 
 import pytest
 import torch
@@ -71,6 +72,43 @@ def test_neptune_logs_offline_without_a_server(tmp_path, monkeypatch):
     monkeypatch.delenv('NEPTUNE_MODE', raising=False)
     train(MetricsLogger(tmp_path / 'logs', step_metrics, every=1, loggers=('neptune',), total_steps=3))
     assert list((tmp_path / '.neptune' / 'offline').glob('run__*'))
+
+
+def test_mlflow_logs_locally_without_a_server(tmp_path, monkeypatch):
+    mlflow = pytest.importorskip('mlflow')
+    monkeypatch.delenv('MLFLOW_TRACKING_URI', raising=False)        # the default store: logs/mlruns
+    monkeypatch.setenv('MLFLOW_ALLOW_FILE_STORE', '')               # restored after the test (the logger sets it)
+    monkeypatch.delenv('MLFLOW_ALLOW_FILE_STORE')
+    cwd = tmp_path / 'cwd'
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)                                          # a store in the default ./mlruns would show here
+    log_dir = tmp_path / 'logs' / 'pretrain' / 'demo_seed0'
+    train(MetricsLogger(log_dir, step_metrics, every=1, loggers=('mlflow',), run_name='demo_seed0',
+                        config={'lr': 0.001, 'run_name': 'demo', 'long': 'x' * 10_000}, total_steps=3))
+    assert not list(cwd.iterdir())
+    client = mlflow.tracking.MlflowClient((tmp_path / 'logs' / 'mlruns').as_uri())
+    experiment = client.get_experiment_by_name('electra-pretrain')
+    [run] = client.search_runs([experiment.experiment_id])
+    assert run.info.run_name == 'demo_seed0' and run.info.status == 'FINISHED'
+    assert run.data.params['lr'] == '0.001' and len(run.data.params['long']) <= 500
+    assert [m.step for m in client.get_metric_history(run.info.run_id, 'loss')] == [1, 2, 3]
+    assert {'loss', 'lr'} <= set(run.data.metrics)
+
+
+def test_pretraining_and_finetuning_runs_share_one_mlflow_store(tmp_path):
+    logs = tmp_path.resolve() / 'logs'
+    assert loggers._mlflow_home(logs / 'pretrain' / 'small_run1_seed0') == (logs / 'mlruns', 'electra-pretrain')
+    finetuning = logs / 'finetune' / 'small' / 'cola_run0_seed3'
+    assert loggers._mlflow_home(finetuning) == (logs / 'mlruns', 'electra-finetune')
+
+
+def test_without_mlflow_the_logger_says_how_to_install_it_and_training_goes_on(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, 'mlflow', None)                 # import mlflow fails
+    logger = MetricsLogger(tmp_path, step_metrics, every=1, loggers=('mlflow', 'csv'), total_steps=3)
+    with pytest.warns(UserWarning, match='logger mlflow disabled.*pip install mlflow'):
+        learn = train(logger)
+    assert learn.step == 3 and list(logger.backends) == ['csv']
+    assert (tmp_path / 'metrics.csv').exists()
 
 
 # ---------------------------------------------------------------------------------------------------------------
