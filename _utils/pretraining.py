@@ -37,6 +37,25 @@ def describe_models(electra, size):
                    f' shared embeddings {shared / 1e6:.2f}M')
 
 
+def step_flops(electra, batch_size, max_length, sample_rows=2):
+    """FLOPs of one training step (forward and backward) at `batch_size` x `max_length`, as torch's FlopCounterMode
+    counts them: the matrix products and attention, which are nearly all of it. Counted on `sample_rows` random full
+    rows and scaled to the batch (the count is linear in it); the model's weights and gradients are left as they were.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+    vocab = electra.discriminator.config.vocab_size
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        ids = torch.randint(1000, vocab, (sample_rows, max_length))
+        grads = [p.grad for p in electra.parameters()]
+        counter = FlopCounterMode(display=False)
+        with counter:
+            out = electra(ids, torch.zeros_like(ids))
+            ElectraLoss()(out).backward()
+        for p, g in zip(electra.parameters(), grads): p.grad = g
+    return counter.get_total_flops() * batch_size // sample_rows
+
+
 def step_dataloader(examples, batch_size, max_steps, seed, start_step=0, rank=0, world_size=1, num_workers=0):
     sampler = StepBatches(len(examples), batch_size, max_steps, seed=seed, start_step=start_step, rank=rank,
                           world_size=world_size)
