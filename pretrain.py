@@ -39,6 +39,8 @@ install_excepthook()  # in the script, bad input gives one clear line instead of
 # Plain values with the paper's defaults. A **preset** sets a group of them: `demo` (the default: a tiny model on
 # the bundled Wikipedia sample, minutes on a laptop CPU) or the paper's runs on OpenWebText. Any field can be
 # overridden from the command line, e.g. `python pretrain.py --size small --max_steps 2000`; `--help` lists them.
+# `--objective` switches to the comparisons of the paper's Table 5 (`electra-15`, `replace-mlm`, `mlm` for BERT);
+# `python bench/learning.py` pretrains them at equal compute and finetunes each on GLUE.
 
 @dataclass
 class MyConfig(Config):
@@ -210,9 +212,14 @@ if getattr(learn, 'stop_reason', None): raise SystemExit(f'Stopped: {learn.stop_
 
 
 # ## 5. Where things went, and did it learn?
-# The generator's MLM loss should fall well below its start, and the discriminator's loss below the loss of a
-# guesser that always says "original" (the entropy of the replaced-token rate). Logged values are averages over
-# the steps since the previous log.
+# The generator's MLM loss should fall well below its start and its accuracy rise; the discriminator's loss should
+# fall below the loss of a guesser that always says "original" (the entropy of the replaced-token rate), and its
+# AUC tells how well it ranks replaced tokens above original ones: "learned" from 0.80, "learning" from 0.60, "not
+# yet learning" below. Logged values are averages over the steps since the previous log (the AUC: the last batch).
+# At the demo's budget the generator learns but the discriminator does not yet (AUC near 0.5): once the generator
+# knows word frequencies, its replacements are frequent words that only context gives away, and a tiny model learns
+# context slowly (`bench/RESULTS.md`, "can the demo's discriminator learn"; measure it with
+# `bench/probe_discriminator.py`).
 
 from _utils.pretraining import learning_summary
 if rank == 0:
