@@ -25,8 +25,8 @@ from _utils.config import Config, option
 from _utils.electra import MASK_PROB, OBJECTIVES, SIZES, step_metrics
 from _utils.errors import ensure_writable, install_excepthook
 from _utils.files import project_path
-from _utils.learner import (init_distributed, pick_device, pick_precision, rank_zero_first, seed_everything,
-                            seed_masking)
+from _utils.learner import (init_distributed, one_process_at_a_time, pick_device, pick_precision, process_rank,
+                            seed_everything, seed_masking)
 from _utils.loggers import LOGGERS, MetricsLogger, parse_loggers
 from _utils.pretraining import (COMPILE_MODES, build_electra, describe_models, last_batch_auc, pick_compile,
                                 pretraining_learner, step_dataloader)
@@ -138,13 +138,13 @@ if int(os.environ.get("RANK", 0)) == 0: print(cfg)
 # never cross documents, 10% hold one segment only, 5% get a shorter random target length. The result is cached
 # under `datasets/cache/`, keyed by corpus, tokenizer and length.
 
-rank, world_size, ddp_device = init_distributed()  # one process, unless started by torchrun
+rank, world_size = process_rank()  # one process, unless started by torchrun / accelerate
 if rank == 0:  # fail now, not after hours of training, if the outputs cannot be written
     ensure_writable(project_path(cfg.checkpoint_dir), '--checkpoint_dir')
     ensure_writable(project_path(cfg.log_dir), '--log_dir')
 seed_everything(cfg.seed)
 tokenizer = load_tokenizer(cfg.tokenizer)
-with rank_zero_first(rank, world_size):  # several processes: rank 0 builds the cache, the others read it
+with one_process_at_a_time(project_path(cfg.data_cache) / '.build.lock', world_size):  # the first builds it
     examples = pretraining_examples(cfg.corpus, tokenizer, cfg.max_length, seed=cfg.seed,
                                     num_proc=cfg.num_proc or None, cache_root=project_path(cfg.data_cache))
 print(f'{len(examples):,} examples of up to {cfg.max_length} tokens; vocabulary {len(tokenizer):,}')
@@ -154,6 +154,8 @@ print(f'{len(examples):,} examples of up to {cfg.max_length} tokens; vocabulary 
 # Both are Hugging Face ELECTRA models; they share the whole embedding block, and the generator's output
 # layer is tied to the word embeddings. The generator is a fraction of the discriminator's width, same depth.
 
+# Several processes: the process group starts now, after the data (see `one_process_at_a_time`)
+_, _, ddp_device = init_distributed()
 electra = build_electra(cfg.size, tokenizer, mask_prob=cfg.mask_prob, max_length=cfg.max_length,
                         objective=cfg.objective)
 if resume_from: load_weights(electra, resume_from, tokenizer)

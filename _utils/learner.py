@@ -3,6 +3,7 @@ that pretraining and finetuning both build (the loop, its callbacks and the opti
 import contextlib
 import os
 import random
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -62,13 +63,23 @@ class OnDevice:
 
 
 @contextlib.contextmanager
-def rank_zero_first(rank, world_size):
-    """Rank 0 runs the block first, the other ranks after it: rank 0 builds the data cache once, the others read it
-    (all of them building it at once would race on the same folder)."""
-    import torch.distributed as dist
-    if world_size > 1 and rank != 0: dist.barrier()
-    yield
-    if world_size > 1 and rank == 0: dist.barrier()
+def one_process_at_a_time(lock_file, world_size):
+    """The processes of one run go through the block in turn (a file lock): the first builds the data cache, the
+    others find it built. A lock rather than a barrier, so that the cache is built before the process group starts:
+    forking tokenizer workers in a process already running gloo's threads crashed a rank now and then."""
+    if world_size == 1:
+        yield
+        return
+    from filelock import FileLock
+    Path(lock_file).parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(lock_file)):
+        yield
+
+
+def process_rank():
+    """(rank, world_size) as torchrun / accelerate set them; (0, 1) for one process. Readable before the process
+    group starts (`init_distributed`)."""
+    return int(os.environ.get('RANK', 0)), int(os.environ.get('WORLD_SIZE', 1))
 
 
 def init_distributed():

@@ -71,8 +71,8 @@ def test_a_nonfinite_loss_on_one_rank_stops_both_at_the_same_step_before_the_upd
 def test_the_readme_accelerate_command_runs_pretrain_py_in_two_processes(tmp_path):
     pytest.importorskip('accelerate')
     env = {**os.environ, 'OMP_NUM_THREADS': '1'}
-    # An empty data cache, as on a fresh clone: rank 0 must build it while rank 1 waits (both building it at once
-    # crashed a process on a fresh clone)
+    # An empty data cache, as on a fresh clone: one process builds it while the other waits for the lock, before the
+    # process group starts (both building it at once, or one building it while gloo ran, crashed a rank at times)
     res = subprocess.run([sys.executable, '-m', 'accelerate.commands.launch', '--multi_gpu', '--num_processes', '2',
                           '--num_machines', '1', '--mixed_precision', 'no', '--dynamo_backend', 'no',
                           '--main_process_port', str(free_port()),
@@ -88,5 +88,5 @@ def test_the_readme_accelerate_command_runs_pretrain_py_in_two_processes(tmp_pat
     assert res.stdout.count('Checkpoints:') == 1                    # rank 0 reports; rank 1 writes nothing
     assert len(re.findall(r'Examples: [\d,]+ built', res.stdout)) == 1          # built once, read by the other
     assert res.stdout.count('Examples: cached in') == 1
-    assert len(list((tmp_path / 'cache').iterdir())) == 1
+    assert [p.suffix for p in (tmp_path / 'cache').iterdir() if p.name != '.build.lock'] == ['']  # one cache folder
     assert sorted(p.name for p in (tmp_path / 'ck').iterdir()) == ['demo_seed0_100pct.pth', 'demo_seed0_50pct.pth']
