@@ -49,7 +49,8 @@ def make_checkpoint(electra, tokenizer, config, step, total_steps, optimizer=Non
     """The checkpoint dict (weights on CPU); `config` is a plain dict of the run's settings."""
     cpu = lambda sd: {k: v.detach().cpu() for k, v in sd.items()}
     gen = electra.generator  # None with the mlm objective
-    ckpt = dict(format=FORMAT, step=step, total_steps=total_steps, config=dict(config), objective=getattr(electra, 'objective', 'electra'),
+    objective = getattr(electra, 'objective', 'electra')  # any holder of a generator and a discriminator
+    ckpt = dict(format=FORMAT, step=step, total_steps=total_steps, config=dict(config), objective=objective,
                 generator_config=gen.config.to_dict() if gen is not None else None,
                 discriminator_config=electra.discriminator.config.to_dict(),
                 tokenizer=tokenizer.backend_tokenizer.to_str(),

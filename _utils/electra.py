@@ -118,7 +118,7 @@ class ElectraOutput:
     attention_mask: torch.Tensor    # (B, L) 1 on real (non-pad) tokens
     mlm_loss: torch.Tensor = None   # () generator loss, `mlm_loss(out)`: computed once, read by the loss and metrics
     disc_loss: torch.Tensor = None  # () discriminator loss, `discriminator_loss(out)`
-    disc_weight: torch.Tensor = None  # (B, L) where the discriminator's loss counts: real tokens (electra-15: masked)
+    disc_weight: torch.Tensor = None  # (B, L) electra-15: where the discriminator's loss counts (None: real tokens)
     model_logits: torch.Tensor = None  # (B, N, V) MLM objectives: the model's logits at the masked slots
     model_loss: torch.Tensor = None    # () MLM objectives: the model's MLM loss
 
@@ -177,8 +177,8 @@ class ELECTRA(nn.Module):
             return out
         out.disc_logits = self.discriminator(input_ids=disc_input, attention_mask=attention_mask,
                                              token_type_ids=token_type_ids).logits    # (B, L)
-        out.disc_weight = (attention_mask.float() if self.objective == 'electra'
-                           else used_positions(positions, weight, input_ids.shape))    # electra-15: masked only
+        if self.objective == 'electra-15':  # the loss only on the masked positions (else on every real token)
+            out.disc_weight = used_positions(positions, weight, input_ids.shape)
         out.disc_loss = discriminator_loss(out)
         return out
 
@@ -304,12 +304,11 @@ def step_metrics(out: ElectraOutput):
     an MLM objective, the model's MLM loss and accuracy. Masks are multiplied, never used to index, so nothing here
     waits for the GPU (boolean indexing would: its output size lives on the device)."""
     w = out.masked_weight
-    accuracy = lambda logits: ((logits.argmax(-1) == out.masked_ids).float() * w).sum() / w.sum()
+    hits = lambda ids: ((ids == out.masked_ids).float() * w).sum() / w.sum()    # accuracy over the used slots
     if out.disc_logits is None:  # an MLM objective (in the order the electra objective logs them)
         metrics = {} if out.mlm_logits is None else dict(
-            mlm_loss=out.mlm_loss.detach(), gen_acc=accuracy(out.mlm_logits),
-            sampled_acc=((out.sampled_ids == out.masked_ids).float() * w).sum() / w.sum())
-        return dict(metrics, model_mlm_loss=out.model_loss.detach(), model_acc=accuracy(out.model_logits))
+            mlm_loss=out.mlm_loss.detach(), gen_acc=hits(out.mlm_logits.argmax(-1)), sampled_acc=hits(out.sampled_ids))
+        return dict(metrics, model_mlm_loss=out.model_loss.detach(), model_acc=hits(out.model_logits.argmax(-1)))
     real = out.attention_mask.float()                                         # (B, L)
     labels = out.is_replaced.float() * real
     predicted = (out.disc_logits > 0).float() * real
@@ -317,8 +316,8 @@ def step_metrics(out: ElectraOutput):
     scored = out.disc_weight if out.disc_weight is not None else real  # where the loss counts (electra-15: masked)
     return dict(
         mlm_loss=out.mlm_loss.detach(), disc_loss=out.disc_loss.detach(),
-        gen_acc=accuracy(out.mlm_logits),
-        sampled_acc=((out.sampled_ids == out.masked_ids).float() * w).sum() / w.sum(),
+        gen_acc=hits(out.mlm_logits.argmax(-1)),
+        sampled_acc=hits(out.sampled_ids),
         disc_acc=(((predicted == labels).float() * real).sum()) / n_real,
         disc_precision=tp / predicted.sum().clamp_min(1),
         disc_recall=tp / labels.sum().clamp_min(1),

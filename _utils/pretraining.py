@@ -167,5 +167,6 @@ def learning_summary(history):
                    'learning, not there yet' if auc >= AUC_LEARNING else 'not yet learning: close to guessing')
         below = 'below' if last['disc_loss'] < baseline else 'not below'
         lines.append(f"Discriminator loss {last['disc_loss']:.4f} vs majority-class baseline {baseline:.4f} "
-                     f"(replaced rate {last['replaced_rate']:.3f}): {below}; AUC {auc:.3f}: {verdict} (AUC {AUC_LEARNED:.2f}+ is clear learning, 0.5 is chance)")
+                     f"(replaced rate {last['replaced_rate']:.3f}): {below}; AUC {auc:.3f}: {verdict} "
+                     f"(AUC {AUC_LEARNED:.2f}+ is clear learning, 0.5 is chance)")
     return '\n'.join(lines)

@@ -149,7 +149,8 @@ def main(argv=None):
     t0 = time.time()
     budget, steps = plan(args)
     print(f'Budget: {budget:.3g} training FLOPs (= {args.budget_steps:,} ELECTRA-{args.size} steps of '
-          f'{args.batch_size} x {args.max_length}); ' + ', '.join(f"{o} {s['steps']:,} steps" for o, s in steps.items()))
+          f'{args.batch_size} x {args.max_length}); '
+          + ', '.join(f"{o} {s['steps']:,} steps" for o, s in steps.items()))
     rows = []  # (objective, fraction, steps, FLOPs, {task: median})
     for objective, s in steps.items():
         print(f'Pretraining {objective}...', flush=True)
