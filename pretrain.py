@@ -28,6 +28,7 @@ from _utils.files import project_path
 from _utils.learner import (init_distributed, one_process_at_a_time, pick_device, pick_precision, process_rank,
                             seed_everything, seed_masking)
 from _utils.loggers import LOGGERS, MetricsLogger, parse_loggers
+from _utils.positions import POSITIONS
 from _utils.pretraining import (COMPILE_MODES, build_electra, describe_models, last_batch_auc, pick_compile,
                                 pretraining_learner, step_dataloader)
 from _utils.text import load_tokenizer, pretraining_examples
@@ -40,7 +41,8 @@ install_excepthook()  # in the script, bad input gives one clear line instead of
 # the bundled Wikipedia sample, minutes on a laptop CPU) or the paper's runs on OpenWebText. Any field can be
 # overridden from the command line, e.g. `python pretrain.py --size small --max_steps 2000`; `--help` lists them.
 # `--objective` switches to the comparisons of the paper's Table 5 (`electra-15`, `replace-mlm`, `mlm` for BERT);
-# `python bench/learning.py` pretrains them at equal compute and finetunes each on GLUE.
+# `python bench/learning.py` pretrains them at equal compute and finetunes each on GLUE. `--position tupe-r`
+# (or `tupe-a`) puts TUPE's positional attention in place of the position embeddings (RECIPE.md, "TUPE").
 
 @dataclass
 class MyConfig(Config):
@@ -67,6 +69,9 @@ class MyConfig(Config):
     objective: str = option('electra', "what to pretrain: 'electra' (the paper's), or a comparison of its Table 5: "
                             "'electra-15' (discriminator loss on masked tokens only), 'replace-mlm' (MLM on generator "
                             "samples), 'mlm' (BERT)", choices=list(OBJECTIVES))
+    position: str = option('absolute', "where a token is: 'absolute' (the paper's position embeddings), 'tupe-a' "
+                           "(TUPE's untied positional attention) or 'tupe-r' (TUPE-A + relative-position bias)",
+                           choices=list(POSITIONS))
     seed: int = option(0, 'random seed (data order, masking, initialisation)')
     run_name: str = option('', 'name for checkpoints and logs; empty: the preset (or size) name')
     precision: str = option('auto', 'auto: bf16 where the hardware is fast at it, else fp16 (GPU) / fp32 (CPU)',
@@ -157,7 +162,7 @@ print(f'{len(examples):,} examples of up to {cfg.max_length} tokens; vocabulary 
 # Several processes: the process group starts now, after the data (see `one_process_at_a_time`)
 _, _, ddp_device = init_distributed()
 electra = build_electra(cfg.size, tokenizer, mask_prob=cfg.mask_prob, max_length=cfg.max_length,
-                        objective=cfg.objective)
+                        objective=cfg.objective, position=cfg.position)
 if resume_from: load_weights(electra, resume_from, tokenizer)
 print(describe_models(electra, cfg.size))
 

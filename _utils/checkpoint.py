@@ -13,6 +13,7 @@ import torch
 from .electra import DETECTION_OBJECTIVES
 from .errors import UserError
 from .files import PROJECT_DIR, safe_load
+from .positions import check_exportable, position_of
 
 FORMAT = 'electra-fastai-pretrain/1'
 CHECKPOINT_DIR = PROJECT_DIR / 'checkpoints' / 'pretrain'
@@ -84,6 +85,11 @@ def objective_of(ckpt):
     return ckpt.get('objective', 'electra')
 
 
+def checkpoint_position(ckpt):
+    """The position option a checkpoint's models use (checkpoints older than the option: 'absolute')."""
+    return ckpt['discriminator_config'].get('position', 'absolute')
+
+
 def models_from_checkpoint(ckpt):
     """(generator, discriminator) with the checkpoint's weights, embeddings shared as in training. With an MLM
     objective the discriminator's place holds the MLM model, and `mlm` has no generator (None)."""
@@ -107,9 +113,10 @@ def newest_checkpoint(directory=CHECKPOINT_DIR, pattern='*.pth'):
 def export_huggingface(ckpt, out_dir):
     """Write the discriminator and generator in the Hugging Face format (`from_pretrained` loads them). With an MLM
     objective the model goes to `mlm/` (an `ElectraForMaskedLM`), and the generator, if the objective has one, to
-    `generator/`."""
+    `generator/`. TUPE models are refused before anything is written (`positions.check_exportable`)."""
     out_dir = Path(out_dir)
     gen, disc = models_from_checkpoint(ckpt)
+    check_exportable(disc.config)
     tok = tokenizer_from_checkpoint(ckpt)
     main = 'discriminator' if objective_of(ckpt) in DETECTION_OBJECTIVES else 'mlm'
     for name, model in ((main, disc), ('generator', gen)):
@@ -132,6 +139,10 @@ def load_weights(electra, ckpt, tokenizer=None):
         if saved.get_vocab() != tokenizer.get_vocab():
             raise UserError(f'the tokenizer ({len(tokenizer):,} tokens) does not match the checkpoint\'s '
                             f'({len(saved):,} tokens); use the tokenizer the run was trained with')
+    position, own = checkpoint_position(ckpt), position_of(electra.discriminator.config)
+    if position != own:
+        raise UserError(f"the checkpoint was trained with --position {position}, this model has {own}; use "
+                        f"--position {position}")
     if objective_of(ckpt) != electra.objective:
         raise UserError(f"the checkpoint was trained with --objective {objective_of(ckpt)}, this model has "
                         f"{electra.objective}; use --objective {objective_of(ckpt)}")

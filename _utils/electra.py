@@ -20,6 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .errors import UserError
+from .positions import set_position, use_positions
 from .speedups import inverse_cdf_sample, use_fast_dropout
 
 # Discriminator and generator shapes. Generator: same depth, a fraction of the width (RECIPE.md, "Model sizes").
@@ -54,8 +55,10 @@ def check_objective(objective):
     return objective
 
 
-def electra_configs(size, vocab_size=30522, max_position_embeddings=512, pad_token_id=0, attn_implementation='sdpa'):
-    """(generator_config, discriminator_config) as `transformers.ElectraConfig`s."""
+def electra_configs(size, vocab_size=30522, max_position_embeddings=512, pad_token_id=0, attn_implementation='sdpa',
+                    position='absolute'):
+    """(generator_config, discriminator_config) as `transformers.ElectraConfig`s; `position` (positions.POSITIONS)
+    is recorded in both."""
     from transformers import ElectraConfig
     if size not in SIZES:
         raise UserError(f"unknown size '{size}'; sizes: {', '.join(SIZES)}")
@@ -66,28 +69,31 @@ def electra_configs(size, vocab_size=30522, max_position_embeddings=512, pad_tok
                   layer_norm_eps=1e-12, initializer_range=0.02, type_vocab_size=2)
     disc = ElectraConfig(**common, **shape)
     gen = ElectraConfig(**common, **{**shape, **gen_shape})
-    for c in (gen, disc): c._attn_implementation = attn_implementation
+    for c in (gen, disc):
+        c._attn_implementation = attn_implementation
+        set_position(c, position)
     return gen, disc
 
 
 def build_models(size, vocab_size=30522, max_position_embeddings=512, pad_token_id=0, attn_implementation='sdpa',
-                 objective='electra'):
+                 objective='electra', position='absolute'):
     """A generator and a discriminator sharing the whole embedding block, generator softmax tied to word embeddings.
 
     With an MLM objective the discriminator's place holds an `ElectraForMaskedLM` of the discriminator's size, and
     `mlm` has no generator (None)."""
     gen_config, disc_config = electra_configs(size, vocab_size, max_position_embeddings, pad_token_id,
-                                              attn_implementation)
+                                              attn_implementation, position)
     return models_for(gen_config, disc_config, objective)
 
 
 def models_for(gen_config, disc_config, objective='electra'):
-    """(generator or None, discriminator) for `objective`, from their configs, embeddings shared."""
+    """(generator or None, discriminator) for `objective`, from their configs, embeddings shared, with the positions
+    the configs record (`positions.use_positions`)."""
     from transformers import ElectraForMaskedLM, ElectraForPreTraining
     check_objective(objective)
     detects = objective in DETECTION_OBJECTIVES
-    discriminator = (ElectraForPreTraining if detects else ElectraForMaskedLM)(disc_config)
-    generator = ElectraForMaskedLM(gen_config) if objective != 'mlm' else None
+    discriminator = use_positions((ElectraForPreTraining if detects else ElectraForMaskedLM)(disc_config))
+    generator = use_positions(ElectraForMaskedLM(gen_config)) if objective != 'mlm' else None
     if generator is not None: share_embeddings(generator, discriminator)
     return generator, discriminator
 

@@ -13,6 +13,7 @@ from .classifier import ElectraClassifier
 from .errors import UserError, first_line
 from .files import atomic_save, safe_load
 from .glue import task_by_name
+from .positions import use_positions
 from .text import load_tokenizer
 
 HIDDEN_TO_SIZE = {128: 'small', 256: 'small', 768: 'base', 1024: 'large'}  # 128: this project's tiny -> Small's
@@ -170,8 +171,8 @@ def load_finetuned(path):
     from tokenizers import Tokenizer
     from transformers import ElectraConfig, ElectraModel, ElectraTokenizerFast
     saved = read_finetuned(path)
-    model = ElectraClassifier(ElectraModel(ElectraConfig.from_dict(saved['electra_config'])),
-                              task_by_name(saved['task']).n_outputs)
+    body = use_positions(ElectraModel(ElectraConfig.from_dict(saved['electra_config'])))  # TUPE if it was
+    model = ElectraClassifier(body, task_by_name(saved['task']).n_outputs)
     model.load_state_dict(saved['state_dict'])
     return model, ElectraTokenizerFast(tokenizer_object=Tokenizer.from_str(saved['tokenizer']))
 

@@ -13,10 +13,11 @@ from .text import Batches, StepBatches
 
 
 def build_electra(size, tokenizer, mask_prob=MASK_PROB, max_length=128, attn_implementation='sdpa',
-                  objective='electra'):
+                  objective='electra', position='absolute'):
     vocab_size = len(tokenizer)
     generator, discriminator = build_models(size, vocab_size=vocab_size, pad_token_id=tokenizer.pad_token_id,
-                                            attn_implementation=attn_implementation, objective=objective)
+                                            attn_implementation=attn_implementation, objective=objective,
+                                            position=position)
     if max_length > discriminator.config.max_position_embeddings:
         raise UserError(f'--max_length {max_length} exceeds the model\'s {discriminator.config.max_position_embeddings}'
                         ' positions; use at most that')
@@ -30,7 +31,9 @@ def describe_models(electra, size):
     """One line: the objective and the parameters of each network."""
     disc, gen = electra.discriminator, electra.generator
     what = 'discriminator' if electra.objective in ('electra', 'electra-15') else 'MLM model'
-    line = f'ELECTRA-{size}, objective {electra.objective}: {what} {count_parameters(disc) / 1e6:.2f}M parameters'
+    position = getattr(disc.config, 'position', 'absolute')
+    line = (f'ELECTRA-{size}, objective {electra.objective}, positions {position}: {what} '
+            f'{count_parameters(disc) / 1e6:.2f}M parameters')
     if gen is None: return line + f' (no generator: {OBJECTIVES["mlm"]})'
     shared = count_parameters(disc.electra.embeddings)
     return line + (f', generator {(count_parameters(gen) - shared) / 1e6:.2f}M more (hidden {gen.config.hidden_size}),'

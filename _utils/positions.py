@@ -1,0 +1,177 @@
+"""Where a token is: the paper's absolute position embeddings, or TUPE's untied positional attention.
+
+RECIPE.md, "TUPE" (Ke, He and Liu, ICLR 2021, "Rethinking Positional Encoding in Language Pre-training"):
+
+    absolute  the paper's ELECTRA: a learned position embedding added to the word embedding (Hugging Face's model)
+    tupe-a    nothing added to the input; every layer's attention logits get a positional term
+              (p_i U_Q)(p_j U_K)^T, the same in every layer; the word term and this term are each scaled by
+              1/sqrt(2d); [CLS] is untied: its positional logits are two learned scalars (to every position, from
+              every position), per head
+    tupe-r    tupe-a plus a T5-style bucketed relative-position bias (per head, shared by the layers)
+
+A TUPE model is a Hugging Face ELECTRA model with three changes made in place by `use_positions`: the embeddings
+skip the position embedding (whose table now holds the p_i; generator and discriminator share it, as they share the
+absolute one), the self-attention scale becomes 1/sqrt(2d), and the model gets a `positional` module whose
+(heads, L, L) logits go, with the padding, into the additive attention mask that every layer adds to its scores.
+So the attention kernels stay the fast ones (SDPA takes an additive mask and a scale). The option is recorded in
+the model's config (`config.position`), so whatever rebuilds a model from its config gets the same positions.
+"""
+import math
+
+import torch
+import torch.nn as nn
+from transformers.models.electra.modeling_electra import ElectraEmbeddings, ElectraModel
+
+from .errors import UserError
+
+POSITIONS = {
+    'absolute': "the paper's: a learned position embedding added to the input",
+    'tupe-a': 'TUPE: untied positional attention, shared by the layers, [CLS] untied',
+    'tupe-r': 'TUPE-R: tupe-a plus a T5-style bucketed relative-position bias',
+}
+RELATIVE_BUCKETS, RELATIVE_MAX_DISTANCE = 32, 128  # T5's (and TUPE-R's): 16 buckets each way, log-spaced to 128
+
+
+def check_position(position):
+    if position not in POSITIONS:
+        raise UserError(f"unknown position '{position}'; options: {', '.join(POSITIONS)}")
+    return position
+
+
+def position_of(config):
+    """The position option a model config records (configs from before the option, and Hugging Face's: absolute)."""
+    return getattr(config, 'position', 'absolute')
+
+
+def set_position(config, position):
+    """Record `position` in an ElectraConfig (a plain attribute: saved and read back with the config)."""
+    config.position = check_position(position)
+    if position == 'tupe-r':
+        config.relative_buckets, config.relative_max_distance = RELATIVE_BUCKETS, RELATIVE_MAX_DISTANCE
+    return config
+
+
+def relative_buckets(distance, n_buckets=RELATIVE_BUCKETS, max_distance=RELATIVE_MAX_DISTANCE):
+    """T5's bidirectional buckets of `distance` = key position - query position (any integer tensor).
+
+    Half the buckets for each direction (the upper half for keys to the right); in each half, distances below a
+    quarter of the buckets get their own bucket, the rest share log-spaced buckets up to `max_distance`, beyond
+    which all fall in the last."""
+    half = n_buckets // 2
+    exact = half // 2
+    n = distance.abs()
+    log_spaced = exact + (torch.log(n.clamp_min(1).float() / exact) / math.log(max_distance / exact)
+                          * (half - exact)).long()
+    return (distance > 0).long() * half + torch.where(n < exact, n, log_spaced.clamp_max(half - 1))
+
+
+class PositionalAttention(nn.Module):
+    """TUPE's positional logits, (B or 1, heads, L, L), from the shared position table (`p`, the embeddings').
+
+    Per layer they are the same, so one forward computes them for all: (LN(p_i) U_Q)(LN(p_j) U_K)^T / sqrt(2d) per
+    head, + a relative bias b(bucket(j - i)) per head with tupe-r; then the first row and column (the [CLS]
+    token's) are replaced by the learned `cls_to` / `cls_from` (position 0 to itself takes `cls_to`)."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.heads = config.num_attention_heads
+        self.head_size = config.hidden_size // self.heads
+        self.layer_norm = nn.LayerNorm(config.embedding_size, eps=config.layer_norm_eps)
+        self.query = nn.Linear(config.embedding_size, config.hidden_size, bias=False)   # U_Q, all heads
+        self.key = nn.Linear(config.embedding_size, config.hidden_size, bias=False)     # U_K
+        self.cls_to = nn.Parameter(torch.zeros(self.heads))    # [CLS] -> every position
+        self.cls_from = nn.Parameter(torch.zeros(self.heads))  # every position -> [CLS]
+        self.relative = None
+        if position_of(config) == 'tupe-r':
+            self.n_buckets, self.max_distance = config.relative_buckets, config.relative_max_distance
+            self.relative = nn.Embedding(self.n_buckets, self.heads)
+        for linear in (self.query, self.key): nn.init.normal_(linear.weight, std=config.initializer_range)
+        if self.relative is not None: nn.init.normal_(self.relative.weight, std=config.initializer_range)
+
+    def forward(self, position_embeddings, position_ids):
+        """position_ids (1 or B, L) -> logits (1 or B, heads, L, L), in fp32."""
+        p = self.layer_norm(position_embeddings(position_ids).float())                 # (b, L, E)
+        split = lambda x: x.unflatten(-1, (self.heads, self.head_size)).transpose(1, 2)  # (b, heads, L, d)
+        q, k = split(self.query(p)), split(self.key(p))
+        logits = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(2 * self.head_size)   # (b, heads, L, L)
+        if self.relative is not None:
+            distance = position_ids.unsqueeze(1) - position_ids.unsqueeze(2)            # (b, L, L): j - i
+            buckets = relative_buckets(distance, self.n_buckets, self.max_distance)
+            logits = logits + self.relative(buckets).permute(0, 3, 1, 2)
+        return untie_cls(logits, self.cls_to, self.cls_from)
+
+
+def untie_cls(logits, cls_to, cls_from):
+    """`logits` (b, heads, L, L) with row 0 set to `cls_to` and column 0 (below row 0) to `cls_from`, per head."""
+    L = logits.size(-1)
+    first = torch.arange(L, device=logits.device) == 0
+    row = first.view(L, 1) & torch.ones(1, L, dtype=torch.bool, device=logits.device)   # (L, L): i == 0
+    col = ~first.view(L, 1) & first.view(1, L)                                          # i > 0, j == 0
+    logits = torch.where(row, cls_to.view(-1, 1, 1).to(logits.dtype), logits)
+    return torch.where(col, cls_from.view(-1, 1, 1).to(logits.dtype), logits)
+
+
+class UntiedEmbeddings(ElectraEmbeddings):
+    """Hugging Face's ELECTRA embeddings without the position embedding in the sum: word + token type, LayerNorm,
+    dropout. The position table stays (same name and shape) for the positional attention to read."""
+
+    def forward(self, input_ids=None, token_type_ids=None, position_ids=None, inputs_embeds=None, cache_length=0):
+        if inputs_embeds is None: inputs_embeds = self.word_embeddings(input_ids)
+        if token_type_ids is None: token_type_ids = torch.zeros(inputs_embeds.shape[:2], dtype=torch.long,
+                                                                device=inputs_embeds.device)
+        embeddings = inputs_embeds + self.token_type_embeddings(token_type_ids)
+        return self.dropout(self.LayerNorm(embeddings))
+
+
+class TupeElectraModel(ElectraModel):
+    """Hugging Face's `ElectraModel` with TUPE's positions (made from one by `use_positions`, not constructed)."""
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
+                inputs_embeds=None, **kwargs):
+        ref = input_ids if input_ids is not None else inputs_embeds
+        B, L = ref.shape[:2]
+        if position_ids is None: position_ids = torch.arange(L, device=ref.device).unsqueeze(0)
+        bias = self.positional(self.embeddings.position_embeddings, position_ids)      # (1 or B, heads, L, L)
+        if attention_mask is not None:                                                 # padding: never attended
+            pad = attention_mask[:, None, None, :].to(torch.bool).logical_not()
+            bias = bias.masked_fill(pad, torch.finfo(bias.dtype).min)
+        bias = bias.expand(B, -1, -1, -1).to(_compute_dtype(ref))
+        return super().forward(input_ids=input_ids, attention_mask=bias, token_type_ids=token_type_ids,
+                               position_ids=position_ids, inputs_embeds=inputs_embeds, **kwargs)
+
+
+def _compute_dtype(ref):
+    """The dtype attention scores have: autocast's where it is on, else the model's (float) dtype."""
+    device = ref.device.type
+    if torch.is_autocast_enabled(device): return torch.get_autocast_dtype(device)
+    return ref.dtype if ref.is_floating_point() else torch.get_default_dtype()
+
+
+def electra_body(model):
+    """The `ElectraModel` inside a Hugging Face ELECTRA model (or the model itself)."""
+    return model if isinstance(model, ElectraModel) else model.electra
+
+
+def use_positions(model):
+    """Make `model` (any Hugging Face ELECTRA model) use the positions its config records, in place; returns it.
+    `absolute` changes nothing. Call it right after building the model, before loading weights."""
+    body = electra_body(model)
+    position = check_position(position_of(body.config))
+    if position == 'absolute': return model
+    if type(body.embeddings) is ElectraEmbeddings: body.embeddings.__class__ = UntiedEmbeddings
+    if type(body) is ElectraModel:
+        body.__class__ = TupeElectraModel
+        body.positional = PositionalAttention(body.config).to(body.embeddings.word_embeddings.weight.device)
+        for layer in body.encoder.layer:
+            layer.attention.self.scaling = (2 * layer.attention.self.attention_head_size) ** -0.5
+    return model
+
+
+def check_exportable(config):
+    """Hugging Face's ELECTRA classes compute absolute positions only: a TUPE model would load there and compute
+    something else, so it is refused in one line."""
+    position = position_of(config)
+    if position != 'absolute':
+        raise UserError(f"a --position {position} model cannot be exported to the Hugging Face format: its ELECTRA "
+                        "classes have no TUPE attention (the model would load and compute something else); finetune "
+                        "and detect with this project's checkpoint instead")
