@@ -33,8 +33,8 @@ from _utils.glue_scores import write_submission
 from _utils.learner import pick_device, pick_precision
 from _utils.loggers import LOGGERS, parse_loggers
 from _utils.models import check_max_length, classifier_from_result, load_pretrained, save_finetuned
-from _utils.runs import (RunsLog, finetune_task, finished_runs, format_table, run_settings, save_summary, saved_best,
-                         summarize)
+from _utils.runs import (RunsLog, finetune_task, format_table, formatted_search, lr_search, plan_rates, save_search,
+                         save_summary, saved_best, summarize)
 
 install_excepthook()  # in the script, bad input gives one clear line instead of a traceback
 datasets.disable_progress_bars()  # dozens of small tokenizing passes: their bars would bury the results
@@ -42,17 +42,20 @@ started = time.perf_counter()
 
 
 # ## 1. Configuration
-# The fields' defaults are the paper's recipe. A **preset** sets a group of them: `demo` (the default) only
-# lowers the number of runs per task from the paper's 10 to 3 (still a median), so that the whole bundled sample finetunes in a few
-# minutes on a laptop CPU; `paper` is the paper's protocol (10 runs). The learning rate and the layer-wise decay
-# follow the model's size unless given. Any field can be overridden from the command line, e.g.
-# `python finetune.py --tasks cola,rte --n_runs 5`; `--help` lists them.
+# The fields' defaults are the paper's recipe. A **preset** sets a group of them: `demo` (the default) only lowers
+# the number of runs per task from the paper's 10 to 3 (still a median), so that the whole bundled sample finetunes
+# in a few minutes on a laptop CPU; `paper` is the paper's protocol (10 runs); `tupe` is TUPE's (RECIPE.md, "TUPE"):
+# a learning-rate search over 2, 3, 4 and 5e-5 with 5 runs per rate, the median per rate and the best rate's median
+# per task, 10 epochs (5 for MNLI, QNLI and QQP), warmup 6%. The learning rate and the layer-wise decay follow the
+# model's size unless given (`--lrs` gives a search of your own). Any field can be overridden from the command line,
+# e.g. `python finetune.py --tasks cola,rte --n_runs 5`; `--help` lists them.
 
 @dataclass
 class MyConfig(Config):
     """Finetune a pretrained ELECTRA discriminator on GLUE, report dev medians, write the test submission."""
-    preset: str = option('demo', "'demo': 3 runs per task (minutes on a CPU); 'paper': 10 runs; fields given on "
-                         'the command line win', choices=['demo', 'paper', 'none'])
+    preset: str = option('demo', "'demo': 3 runs per task (minutes on a CPU); 'paper': 10 runs; 'tupe': TUPE's lr "
+                         'search (4 rates x 5 runs, 10 epochs); fields given on the command line win',
+                         choices=['demo', 'paper', 'tupe', 'none'])
     model: str = option('latest', "'latest' (newest checkpoint of pretrain.py), a .pth checkpoint, a Hugging Face "
                         "ELECTRA folder or hub id (google/electra-small-discriminator), or 'random'")
     size: str = option('small', "model size for --model random (a loaded model's size comes from its hidden size)",
@@ -63,10 +66,13 @@ class MyConfig(Config):
     n_runs: int = option(10, 'runs per task, seeds seed, seed+1, ...; the paper reports the median of 10')
     seed: int = option(0, 'seed of the first run')
     lr: float | None = option(None, f"peak learning rate; none: by size, {by_size('lr')}")
+    lrs: str = option('', 'a learning-rate search: comma list of peak rates, each with n_runs runs; per task the '
+                      'rate with the best median is reported (TUPE\'s protocol); empty: one rate, --lr')
     layer_lr_decay: float | None = option(None, f"layer-wise lr decay; none: by size, {by_size('layer_lr_decay')}")
     fix_layer_decay: bool = option(False, 'give the top layer lr*decay instead of the official lr*decay^2')
     batch_size: int = option(32, 'training batch size')
     epochs: int | None = option(None, "epochs per task; none: the task's (3; 10 for RTE and STS-B)")
+    large_task_epochs: int | None = option(None, 'epochs for MNLI, QNLI and QQP (TUPE: 5); none: as the others')
     warmup_fraction: float = option(0.1, 'linear warmup, as a fraction of all steps of a run')
     weight_decay: float = option(0.0, 'decoupled weight decay (0 for GLUE)')
     adam_eps: float = option(1e-6, 'Adam epsilon (Adam without bias correction)')
@@ -98,6 +104,7 @@ class MyConfig(Config):
     PRESETS = {
         'demo': dict(n_runs=3),
         'paper': dict(n_runs=10, batch_size=32, warmup_fraction=0.1, weight_decay=0.0, max_length=128),
+        'tupe': dict(lrs='2e-5,3e-5,4e-5,5e-5', n_runs=5, epochs=10, large_task_epochs=5, warmup_fraction=0.06),
         'none': dict(),
     }
 
@@ -107,6 +114,10 @@ class MyConfig(Config):
         self.check(self.batch_size > 0, f'--batch_size must be positive, got {self.batch_size}')
         self.check(self.epochs is None or self.epochs > 0, f'--epochs must be positive, got {self.epochs}')
         self.check(self.lr is None or self.lr > 0, f'--lr must be positive, got {self.lr}')
+        self.check(all(lr > 0 for lr in self.rates),
+                   f"--lrs must be positive numbers separated by commas, e.g. 2e-5,3e-5, got '{self.lrs}'")
+        self.check(self.large_task_epochs is None or self.large_task_epochs > 0,
+                   f'--large_task_epochs must be positive, got {self.large_task_epochs}')
         self.check(self.layer_lr_decay is None or 0 < self.layer_lr_decay <= 1,
                    f'--layer_lr_decay must be in (0, 1], got {self.layer_lr_decay}')
         self.check(0 <= self.warmup_fraction < 1, f'--warmup_fraction must be in [0, 1), got {self.warmup_fraction}')
@@ -119,6 +130,12 @@ class MyConfig(Config):
 
     @property
     def loggers(self): return parse_loggers(self.logger)
+
+    @property
+    def rates(self):
+        """--lrs as numbers, sorted, without repeats ([] without a search; [-1.0] when unreadable)."""
+        try: return sorted({float(lr) for lr in self.lrs.split(',') if lr.strip()})
+        except ValueError: return [-1.0]
 
 
 cfg = MyConfig.from_cli()
@@ -133,13 +150,15 @@ pretrained = load_pretrained(cfg.model, cfg.size)
 check_max_length(pretrained, cfg.max_length)
 recipe = recipe_for(pretrained.size, lr=cfg.lr, layer_lr_decay=cfg.layer_lr_decay,
                     fix_layer_decay=cfg.fix_layer_decay, batch_size=cfg.batch_size, epochs=cfg.epochs,
+                    large_task_epochs=cfg.large_task_epochs,
                     warmup_fraction=cfg.warmup_fraction, weight_decay=cfg.weight_decay, adam_eps=cfg.adam_eps,
                     clip=cfg.clip, loss_reduction=cfg.loss_reduction, dropout=cfg.dropout,
                     max_length=cfg.max_length)
 config = pretrained.electra.config
+rates = ', '.join(f'{lr:g}' for lr in cfg.rates or [recipe.lr])  # several: a search (--lrs)
 print(f'Model: {pretrained.source}\n  hidden {config.hidden_size}, {config.num_hidden_layers} layers, '
       f'{count_parameters(pretrained.electra) / 1e6:.1f}M parameters -> the {pretrained.size} recipe: '
-      f'lr {recipe.lr:g}, layer decay {recipe.layer_lr_decay:g} '
+      f'lr {rates}, layer decay {recipe.layer_lr_decay:g} '
       f"({'fixed' if recipe.fix_layer_decay else 'official'} depths), batch {recipe.batch_size} "
       f'(loss: {recipe.loss_reduction} over the batch), warmup {recipe.warmup_fraction:.0%}, weight decay '
       f'{recipe.weight_decay:g}')
@@ -150,7 +169,9 @@ print(f'Model: {pretrained.source}\n  hidden {config.hidden_size}, {config.num_h
 # summaries in `<log_dir>/<group>/`, each task's best run so far in `<checkpoint_dir>/<group>/<task>.pth`, the test
 # submission in `<output_dir>/<group>/`. The folders are checked now, not after hours of training. With `--resume`,
 # the runs that `runs.csv` shows finished (their last epoch is there) are not redone; they must have been made with
-# the same model, data and recipe (`settings.json`), else the command is refused.
+# the same model, data and recipe (`settings.json`), else the command is refused. A learning-rate search (`--lrs`,
+# the `tupe` preset) gives each rate a sub-folder of its own (`lr-3e-05/`, with the same files) and writes the
+# search's table (`search.csv`, `search.md`) in the group's folder.
 
 source = glue_source(cfg.glue_dir)
 group = group_name_for(pretrained, cfg.group_name)
@@ -158,8 +179,9 @@ log_dir = ensure_writable(project_path(cfg.log_dir) / group, '--log_dir')
 model_dir = project_path(cfg.checkpoint_dir) / group
 if cfg.save_models: ensure_writable(model_dir, '--checkpoint_dir')
 output_dir = ensure_writable(project_path(cfg.output_dir) / group, '--output_dir')
-settings = run_settings(pretrained, recipe, source, cfg.dev_fraction)
-finished = finished_runs(log_dir, settings, recipe) if cfg.resume else {}  # {task: {(run, seed): RunResult}}
+# one plan per learning rate (one rate without --lrs): its folders, settings and, with --resume, its finished runs
+plans = plan_rates(cfg.rates or [recipe.lr], recipe, log_dir, model_dir, pretrained, source, cfg.dev_fraction,
+                   cfg.resume)
 
 
 # ## 4. The tasks
@@ -174,7 +196,7 @@ for name, task_data in data.items():
           f' -> {recipe.epochs_for(name)} epochs of {-(-len(task_data.train) // recipe.batch_size)} batches')
 
 
-# ## 5. Finetuning: `n_runs` runs per task
+# ## 5. Finetuning: `n_runs` runs per task (and per learning rate in a search)
 # Each run: a fresh head (Xavier-uniform, zero bias) on a fresh copy of the body, Adam without bias correction,
 # lr × decay^(n+2−depth) per layer (the head gets lr, the top layer lr × 0.8², the official off-by-one), warmup
 # 10% × linear decay, the batch's loss the *sum* of its examples' losses (as the official code; `--loss_reduction mean`
@@ -185,40 +207,55 @@ for name, task_data in data.items():
 
 device = pick_device(cfg.device)
 precision = pick_precision(cfg.precision, device)
-runs_log = RunsLog(log_dir / 'runs.csv', append=cfg.resume, settings=settings)
 seeds = run_seeds(cfg.seed, cfg.n_runs)
-print(f'{len(data)} tasks x {cfg.n_runs} runs (seeds {seeds[0]}..{seeds[-1]}) on {device} ({precision}); '
-      f"every epoch's dev metrics -> {runs_log.path}{' (appended)' if cfg.resume else ''}")
+print(f'{len(data)} tasks x {cfg.n_runs} runs (seeds {seeds[0]}..{seeds[-1]}) x lr {rates} on {device} ({precision})')
 
-results = {}
+by_rate = {}  # {lr: {task: TaskResult}}
 try:
-    for name, task_data in data.items():
-        done, best_file = finished.get(name, {}), model_dir / f'{name}.pth'
-        save_best = (lambda run, path=best_file: save_finetuned(run, pretrained, path)) if cfg.save_models else None
-        results[name] = finetune_task(task_data, pretrained, recipe, seeds, runs_log, precision, device,
-                                      log_root=log_dir, loggers=cfg.loggers, log_every=cfg.log_every,
-                                      config=cfg.to_dict(), finished=done, best=saved_best(best_file, done),
-                                      on_best=save_best)
+    for plan in plans:
+        runs_log = RunsLog(plan.log_dir / 'runs.csv', append=cfg.resume, settings=plan.settings)
+        print(f"lr {plan.lr:g}: every epoch's dev metrics -> {runs_log.path}{' (appended)' if cfg.resume else ''}")
+        results = by_rate[plan.lr] = {}
+        for name, task_data in data.items():
+            done, best_file = plan.finished.get(name, {}), plan.model_dir / f'{name}.pth'
+            save_best = (lambda run, path=best_file: save_finetuned(run, pretrained, path)) if cfg.save_models else None
+            results[name] = finetune_task(task_data, pretrained, plan.recipe, seeds, runs_log, precision, device,
+                                          log_root=plan.log_dir, loggers=cfg.loggers, log_every=cfg.log_every,
+                                          config=cfg.to_dict(), finished=done, best=saved_best(best_file, done),
+                                          on_best=save_best)
 except KeyboardInterrupt:  # Ctrl-C: the finished runs are on disk already (runs.csv, the best weights)
     raise SystemExit(f'\ninterrupted during {name}: the finished runs are in {runs_log.path}; run the same command '
                      'with --resume to train only the missing runs') from None
-failed = [line for result in results.values() for line in result.failed]
-skipped.update({name: 'has no run with saved weights' if result.runs else 'failed in every run'
-                for name, result in results.items() if result.best is None})
+failed = [line for results in by_rate.values() for result in results.values() for line in result.failed]
 
 
 # ## 6. Dev results
 # Per task, over the runs' final dev scores (with `--resume`, the earlier runs' too): the median (the paper's
 # number), mean, std, min and max of the main metric (CoLA MCC, STS-B Spearman, accuracy elsewhere; MNLI
 # matched). The GLUE dev average is the mean of the medians over the paper's 8 tasks (no WNLI): with tasks missing
-# it is not comparable with the paper's.
+# it is not comparable with the paper's. In a learning-rate search, each rate's table is saved in its folder, and the
+# search's table shows every rate's median per task, the best rate and its median (TUPE's reported number); the test
+# set is then predicted by the best run of the best rate.
 
+runs_by_rate = {lr: [run for result in results.values() for run in result.runs] for lr, results in by_rate.items()}
+if not any(runs_by_rate.values()): raise SystemExit('every run failed (see above); nothing to summarize')
+title = f'GLUE dev, {pretrained.name}, {cfg.n_runs} runs per task'
+for plan in plans:
+    if not runs_by_rate[plan.lr]: continue
+    table, average = summarize(runs_by_rate[plan.lr])
+    if len(plans) > 1: print(f'lr {plan.lr:g}:')
+    print(format_table(table))
+    summary_files = save_summary(table, plan.log_dir, title=title + f', lr {plan.lr:g}' * (len(plans) > 1))
+    print(f"Saved {', '.join(str(p) for p in summary_files)}")
+best_rate = {name: plans[0].lr for name in data}
+if len(plans) > 1:  # TUPE's choice: per task, the rate with the best median
+    search, best_rate = lr_search({lr: runs for lr, runs in runs_by_rate.items() if runs})
+    print(f"Learning-rate search, the median of {cfg.n_runs} runs per rate:\n{formatted_search(search).to_string()}")
+    print(f"Saved {', '.join(str(p) for p in save_search(search, log_dir, title=title + ' and rate'))}")
+results = {name: by_rate[lr][name] for name, lr in best_rate.items() if name in by_rate[lr]}
 all_runs = [run for result in results.values() for run in result.runs]
-if not all_runs: raise SystemExit('every run failed (see above); nothing to summarize')
-table, average = summarize(all_runs)
-print(format_table(table))
-summary_files = save_summary(table, log_dir, title=f'GLUE dev, {pretrained.name}, {cfg.n_runs} runs per task')
-print(f"Saved {', '.join(str(p) for p in summary_files)}")
+skipped.update({name: 'has no run with saved weights' if result.runs else 'failed in every run'
+                for name, result in results.items() if result.best is None})
 
 
 # ## 7. Test submission

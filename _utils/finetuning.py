@@ -46,6 +46,7 @@ class Recipe:
     fix_layer_decay: bool = False  # False: the official depths, top layer lr*decay^2 (the paper's numbers)
     batch_size: int = 32
     epochs: int | None = None       # None: the task's own (3; 10 for RTE and STS-B)
+    large_task_epochs: int | None = None  # MNLI, QNLI, QQP (TUPE's protocol: 5); None: as `epochs`
     warmup_fraction: float = 0.1
     weight_decay: float = 0.0
     adam_eps: float = 1e-6
@@ -55,7 +56,11 @@ class Recipe:
     max_length: int = 128
 
     def epochs_for(self, task):
+        if self.large_task_epochs and task_by_name(task).name in LARGE_TASKS: return self.large_task_epochs
         return self.epochs or task_by_name(task).epochs
+
+
+LARGE_TASKS = ('MNLI', 'QNLI', 'QQP')  # TUPE's protocol finetunes them for fewer epochs
 
 
 def by_size(field):

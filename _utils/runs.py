@@ -319,14 +319,86 @@ def _is_missing(v):
     return v is None or (isinstance(v, float) and math.isnan(v))
 
 
-def save_summary(table, out_dir, title=''):
-    """summary.csv (full precision) and summary.md (2 decimals) in `out_dir`; returns their paths."""
+def save_summary(table, out_dir, title='', name='summary', formatted=None):
+    """<name>.csv (full precision) and <name>.md (2 decimals) in `out_dir`; returns their paths. `formatted`: the
+    table as shown (default: `summarize`'s columns with 2 decimals)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out_dir / 'summary.csv', float_format='%.4f')
-    shown = _formatted(table).reset_index()
+    table.to_csv(out_dir / f'{name}.csv', float_format='%.4f')
+    shown = (formatted if formatted is not None else _formatted(table)).reset_index()
     lines = [f'# {title}', ''] if title else []
     lines += ['| ' + ' | '.join(shown.columns) + ' |', '|' + '---|' * len(shown.columns)]
     lines += ['| ' + ' | '.join(str(v) for v in row) + ' |' for row in shown.itertuples(index=False)]
-    (out_dir / 'summary.md').write_text('\n'.join(lines) + '\n')
-    return out_dir / 'summary.csv', out_dir / 'summary.md'
+    (out_dir / f'{name}.md').write_text('\n'.join(lines) + '\n')
+    return out_dir / f'{name}.csv', out_dir / f'{name}.md'
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A learning-rate search (TUPE's protocol): every rate a set of runs of its own, the best rate's median per task
+# ---------------------------------------------------------------------------------------------------------------
+@dataclass
+class RatePlan:
+    """Where one learning rate's runs go and what of them is done: with one rate, the group's own folders; in a
+    search, a sub-folder per rate (`lr-3e-05`), each with its runs.csv, settings.json and best runs."""
+    lr: float
+    recipe: object           # the Recipe at this lr
+    log_dir: Path
+    model_dir: Path
+    settings: dict           # `run_settings`: --resume checks them per rate
+    finished: dict           # `finished_runs` with --resume, else {}
+
+
+def rate_folder(lr):
+    return f'lr-{lr:g}'
+
+
+def plan_rates(rates, recipe, log_dir, model_dir, pretrained, source, dev_fraction, resume=False):
+    """One RatePlan per learning rate of `rates` (one rate: the group's folders, as without a search)."""
+    plans = []
+    for lr in rates:
+        sub = rate_folder(lr) if len(rates) > 1 else ''
+        rate_recipe = dataclasses.replace(recipe, lr=lr)
+        settings = run_settings(pretrained, rate_recipe, source, dev_fraction)
+        plans.append(RatePlan(lr, rate_recipe, Path(log_dir) / sub, Path(model_dir) / sub, settings,
+                              finished_runs(Path(log_dir) / sub, settings, rate_recipe) if resume else {}))
+    return plans
+
+
+def lr_search(runs_by_rate):
+    """TUPE's choice: per task, each rate's median over its runs, and the rate with the best median (ties: the
+    smaller rate). `runs_by_rate` {lr: RunResults or a runs.csv DataFrame}.
+
+    Returns (DataFrame indexed by task: one 'lr <rate>' column per rate with its median, 'runs' per rate, 'best lr',
+    'median' (the best rate's), then a 'GLUE avg' row over the chosen medians), {task: best lr}."""
+    import pandas as pd
+    medians = {lr: summarize(runs)[0] for lr, runs in runs_by_rate.items()}
+    rates = sorted(medians)
+    tasks = [t for t in TASKS if any(t in m.index for m in medians.values())]
+    rows, best = {}, {}
+    for task in tasks:
+        scores = {lr: medians[lr].loc[task, 'median'] for lr in rates if task in medians[lr].index}
+        best[task] = max(scores, key=lambda lr: (scores[lr], -lr))
+        counts = sorted({int(medians[lr].loc[task, 'runs']) for lr in scores})
+        rows[task] = dict(metric=TASKS[task].main_metric, runs='/'.join(map(str, counts)),
+                          **{f'lr {lr:g}': scores.get(lr, math.nan) for lr in rates},
+                          **{'best lr': f'{best[task]:g}', 'median': scores[best[task]]})
+    table = pd.DataFrame.from_dict(rows, orient='index')
+    table.index.name = 'task'
+    if rows:
+        average = glue_average({task: row['median'] for task, row in rows.items()})
+        table.loc['GLUE avg'] = dict(metric='median', runs='', **{f'lr {lr:g}': math.nan for lr in rates},
+                                     **{'best lr': 'per task', 'median': average.score})
+    return table, best
+
+
+def formatted_search(table):
+    """The search table as shown (scores with 2 decimals)."""
+    out = table.copy()
+    for col in [c for c in out.columns if c.startswith('lr ') or c == 'median']:
+        out[col] = out[col].map(lambda v: '' if _is_missing(v) else f'{v:.2f}')
+    return out
+
+
+def save_search(table, out_dir, title=''):
+    """search.csv and search.md in `out_dir` (the group's folder, above the rates' own)."""
+    return save_summary(table, out_dir, title, name='search', formatted=formatted_search(table))
