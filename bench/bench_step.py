@@ -5,8 +5,9 @@ guard for the fast path. Prints tables and appends them to bench/RESULTS.md. Not
     python bench/bench_step.py --size small --batch_size 32                  # the step (default --what step)
     python bench/bench_step.py --what data,finetune,quality --size small     # the rest
 
---what step: the same model, batch and length, timed in three implementations, each in its own process, run
-interleaved (A B C A B C ...) over --repeats rounds; each process does --warmup untimed steps, then --steps timed:
+--what step: the same model, batch and length, timed in three implementations (and this project's step with each
+TUPE position option), each in its own process, run interleaved (A B C A B C ...) over --repeats rounds; each
+process does --warmup untimed steps, then --steps timed:
     this project      pretrain.py's step: fastai Learner from `pretraining_learner` with its callbacks, our Adam,
                       precision `pick_precision('auto')`, the `step_dataloader` over the bundled corpus
     HF baseline       ElectraForMaskedLM + ElectraForPreTraining (same configs, same shared embeddings), generator
@@ -14,7 +15,9 @@ interleaved (A B C A B C ...) over --repeats rounds; each process does --warmup 
                       our masking, Gumbel sampling at every masked slot, 1 x MLM + 50 x BCE, clip 1.0, a plain loop
     electra-pytorch   the `electra-pytorch` 0.1.2 package around the same Hugging Face models, fp32, eager,
                       torch AdamW, clip 1.0, a plain loop
-All three read the same batches (the project's `step_dataloader`, same seed).
+    ..., tupe-a/-r    this project's step with pretrain.py's --position tupe-a / tupe-r (`--variants ours,tupe_a,tupe_r`
+                      times the positions alone)
+All read the same batches (the project's `step_dataloader`, same seed).
 """
 import argparse
 import datetime
@@ -43,7 +46,10 @@ VARIANTS = {  # name on the command line -> name in the tables
     'ours': 'this project',
     'hf': 'HF baseline',
     'electra_pytorch': 'electra-pytorch 0.1.2',
+    'tupe_a': 'this project, tupe-a',    # the same step with TUPE's positions (--position): their cost
+    'tupe_r': 'this project, tupe-r',
 }
+POSITION_OF = {'ours': 'absolute', 'tupe_a': 'tupe-a', 'tupe_r': 'tupe-r'}
 WHATS = ('step', 'data', 'finetune', 'quality')
 PRETRAIN_LR = 5e-4  # ELECTRA-Small (RECIPE.md); the schedule does not change the step time
 
@@ -174,15 +180,19 @@ def worker(args):
     seed_everything(args.seed)
     tokenizer, examples = bundled_examples(args)
     if device.type == 'cuda': torch.cuda.reset_peak_memory_stats(device)
-    run = {'ours': run_ours, 'hf': run_hf_baseline, 'electra_pytorch': run_electra_pytorch}[args.worker]
-    step_ends, info = run(args, tokenizer, examples, device, precision)   # perf_counter() at the end of each step
+    if args.worker in POSITION_OF:
+        step_ends, info = run_ours(args, tokenizer, examples, device, precision, POSITION_OF[args.worker])
+    else:
+        run = {'hf': run_hf_baseline, 'electra_pytorch': run_electra_pytorch}[args.worker]
+        step_ends, info = run(args, tokenizer, examples, device, precision)   # perf_counter() at the end of each step
     step_s = [b - a for a, b in zip(step_ends[args.warmup:], step_ends[args.warmup + 1:])]
     result = dict(step_s=step_s, peak_mem_mb=peak_memory_mb(device), device=str(device), **info)
     Path(args.result_file).write_text(json.dumps(result))
 
 
-def run_ours(args, tokenizer, examples, device, precision):
-    """pretrain.py's step: the Learner from `pretraining_learner`, its callbacks and a MetricsLogger (no backends)."""
+def run_ours(args, tokenizer, examples, device, precision, position='absolute'):
+    """pretrain.py's step: the Learner from `pretraining_learner`, its callbacks and a MetricsLogger (no backends);
+    `position` as pretrain.py's --position."""
     from _utils.electra import step_metrics
     from _utils.loggers import MetricsLogger
     from _utils.pretraining import build_electra, pick_compile, pretraining_learner
@@ -203,7 +213,7 @@ def run_ours(args, tokenizer, examples, device, precision):
             self.last_loss = self.learn.loss.detach()  # no host sync here
 
     total = args.warmup + args.steps
-    electra = build_electra(args.size, tokenizer, max_length=args.max_length)
+    electra = build_electra(args.size, tokenizer, max_length=args.max_length, position=position)
     timer = StepTimer()
     with tempfile.TemporaryDirectory() as log_dir:
         logger = MetricsLogger(log_dir, step_metrics, every=50, loggers=(),
