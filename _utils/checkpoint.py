@@ -3,6 +3,7 @@
     {format, step, total_steps, config, generator_config, discriminator_config, tokenizer (tokenizer.json text),
      generator, discriminator (state dicts), optimizer, rng}
 """
+import json
 import random
 import warnings
 from pathlib import Path
@@ -51,9 +52,11 @@ def make_checkpoint(electra, tokenizer, config, step, total_steps, optimizer=Non
     cpu = lambda sd: {k: v.detach().cpu() for k, v in sd.items()}
     gen = electra.generator  # None with the mlm objective
     objective = getattr(electra, 'objective', 'electra')  # any holder of a generator and a discriminator
+    config_of = lambda model: model.config.to_dict() if hasattr(model, 'config') else None  # None: --pair's own
     ckpt = dict(format=FORMAT, step=step, total_steps=total_steps, config=dict(config), objective=objective,
-                generator_config=gen.config.to_dict() if gen is not None else None,
-                discriminator_config=electra.discriminator.config.to_dict(),
+                pair=getattr(electra, 'pair', None),
+                generator_config=config_of(gen) if gen is not None else None,
+                discriminator_config=config_of(electra.discriminator),
                 tokenizer=tokenizer.backend_tokenizer.to_str(),
                 generator=cpu(gen.state_dict()) if gen is not None else None,
                 discriminator=cpu(electra.discriminator.state_dict()))
@@ -77,7 +80,13 @@ def load_checkpoint(path):
 def tokenizer_from_checkpoint(ckpt):
     from tokenizers import Tokenizer
     from transformers import ElectraTokenizerFast
-    return ElectraTokenizerFast(tokenizer_object=Tokenizer.from_str(ckpt['tokenizer']))
+
+    # Its case and accent settings go into tokenizer_config.json when saved, and transformers rebuilds the normalizer
+    # from them on loading: a cased vocabulary of your own (--tokenizer train) must not come back lower-cased
+    normalizer = json.loads(ckpt['tokenizer']).get('normalizer') or {}
+    return ElectraTokenizerFast(tokenizer_object=Tokenizer.from_str(ckpt['tokenizer']),
+                                do_lower_case=normalizer.get('lowercase', True),
+                                strip_accents=normalizer.get('strip_accents'))
 
 
 def objective_of(ckpt):
@@ -87,15 +96,21 @@ def objective_of(ckpt):
 
 def checkpoint_position(ckpt):
     """The position option a checkpoint's models use (checkpoints older than the option: 'absolute')."""
-    return ckpt['discriminator_config'].get('position', 'absolute')
+    return (ckpt['discriminator_config'] or {}).get('position', 'absolute')
 
 
 def models_from_checkpoint(ckpt):
     """(generator, discriminator) with the checkpoint's weights, embeddings shared as in training. With an MLM
-    objective the discriminator's place holds the MLM model, and `mlm` has no generator (None)."""
+    objective the discriminator's place holds the MLM model, and `mlm` has no generator (None). A pair of your own
+    (`--pair`) is rebuilt by its function."""
     from transformers import ElectraConfig
 
-    from .electra import models_for
+    from .electra import models_for, pair_from_function
+    if ckpt.get('pair'):
+        gen, disc = pair_from_function(ckpt['pair'], len(tokenizer_from_checkpoint(ckpt)), ckpt['config']['max_length'])
+        disc.load_state_dict(ckpt['discriminator'])
+        gen.load_state_dict(ckpt['generator'])
+        return gen, disc
     gen_config = ckpt['generator_config'] and ElectraConfig.from_dict(ckpt['generator_config'])
     gen, disc = models_for(gen_config, ElectraConfig.from_dict(ckpt['discriminator_config']), objective_of(ckpt))
     disc.load_state_dict(ckpt['discriminator'])
@@ -115,6 +130,7 @@ def export_huggingface(ckpt, out_dir):
     objective the model goes to `mlm/` (an `ElectraForMaskedLM`), and the generator, if the objective has one, to
     `generator/`. TUPE models are refused before anything is written (`positions.check_exportable`)."""
     out_dir = Path(out_dir)
+    check_own_pair(ckpt, 'exported to the Hugging Face format')
     gen, disc = models_from_checkpoint(ckpt)
     check_exportable(disc.config)
     tok = tokenizer_from_checkpoint(ckpt)
@@ -124,6 +140,50 @@ def export_huggingface(ckpt, out_dir):
         model.save_pretrained(out_dir / name)
         tok.save_pretrained(out_dir / name)
     return out_dir
+
+
+def check_own_pair(ckpt, what):
+    """Refuse, in one line, what only Hugging Face ELECTRA models can do with a checkpoint of a --pair of your own."""
+    if ckpt.get('pair'):
+        raise UserError(f"the checkpoint holds your own pair ({ckpt['pair']}), which cannot be {what}; its state "
+                        "dicts are ckpt['generator'] and ckpt['discriminator'] for your own code")
+
+
+def import_huggingface(source):
+    """(generator, discriminator, tokenizer or None) from Hugging Face ELECTRA models, to continue pretraining them.
+
+    `source`: a folder holding `generator/` and `discriminator/` (the published layout, and what
+    `export_huggingface` writes), or 'generator,discriminator' as two folders or hub ids (e.g.
+    google/electra-small-generator,google/electra-small-discriminator; hub ids need network). The whole embedding
+    block is shared again, as in training (the discriminator's copy is kept), and the generator's output layer is
+    tied to it. The tokenizer is the discriminator folder's, if it has one."""
+    from transformers import ElectraForMaskedLM, ElectraForPreTraining
+
+    from .electra import share_embeddings
+    from .text import load_tokenizer
+    parts = [p.strip() for p in str(source).split(',') if p.strip()]
+    if len(parts) == 1 and Path(parts[0]).is_dir():
+        parts = [str(Path(parts[0]) / 'generator'), str(Path(parts[0]) / 'discriminator')]
+    if len(parts) != 2:
+        raise UserError(f"--init_from '{source}': give a folder holding generator/ and discriminator/, or "
+                        "'generator,discriminator' (folders or hub ids)")
+    models = []
+    for cls, part in zip((ElectraForMaskedLM, ElectraForPreTraining), parts):
+        if part.startswith(('.', '/', '~')) and not Path(part).is_dir():
+            raise UserError(f"--init_from: '{part}' is not a folder; give Hugging Face ELECTRA folders or hub ids")
+        try:
+            models.append(cls.from_pretrained(part, attn_implementation='sdpa'))
+        except Exception as e:  # not ELECTRA, no network, no such id: one line
+            raise UserError(f"--init_from: cannot load '{part}' as {cls.__name__} ({str(e).splitlines()[0][:200]})")
+    gen, disc = models
+    if gen.config.embedding_size != disc.config.embedding_size or gen.config.vocab_size != disc.config.vocab_size:
+        raise UserError(f'--init_from: the generator\'s embeddings ({gen.config.vocab_size} x '
+                        f'{gen.config.embedding_size}) differ in shape from the discriminator\'s '
+                        f'({disc.config.vocab_size} x {disc.config.embedding_size}): they cannot be shared')
+    share_embeddings(gen, disc)
+    try: tokenizer = load_tokenizer(parts[1])
+    except UserError: tokenizer = None
+    return gen, disc, tokenizer
 
 
 def find_checkpoint(spec, directory=CHECKPOINT_DIR, run_name=None):

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from transformers import PreTrainedModel
 
 from .errors import UserError
 from .positions import set_position, use_positions
@@ -98,6 +99,32 @@ def models_for(gen_config, disc_config, objective='electra'):
     return generator, discriminator
 
 
+def pair_from_function(spec, vocab_size, max_length):
+    """Your own (generator, discriminator) from `spec` = 'path/to/file.py:function' or 'package.module:function',
+    called as function(vocab_size, max_length); see `ELECTRA` for what each model must compute."""
+    import importlib
+    import importlib.util
+    from pathlib import Path
+    where, _, name = spec.rpartition(':')
+    if not where or not name:
+        raise UserError(f"--pair '{spec}' must be 'file.py:function' or 'module:function'")
+    try:
+        if where.endswith('.py'):
+            if not Path(where).is_file(): raise UserError(f"--pair: '{where}' does not exist; give a .py file path")
+            module_spec = importlib.util.spec_from_file_location(Path(where).stem, where)
+            module = importlib.util.module_from_spec(module_spec)
+            module_spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(where)
+        make = getattr(module, name)
+    except (ImportError, AttributeError) as e:
+        raise UserError(f"--pair '{spec}': cannot load it ({e})") from None
+    pair = make(vocab_size, max_length)
+    if not (isinstance(pair, tuple) and len(pair) == 2 and all(isinstance(m, nn.Module) for m in pair)):
+        raise UserError(f"--pair '{spec}' must return (generator, discriminator), two torch modules")
+    return pair
+
+
 def share_embeddings(generator, discriminator):
     # The *whole* embedding block (word, position, token type, LayerNorm) is one module; each network keeps its
     # own embeddings_project (embedding -> hidden).
@@ -132,12 +159,19 @@ class ElectraOutput:
 class ELECTRA(nn.Module):
     """Generator + discriminator and the masking between them: `forward(input_ids, token_type_ids)` is one step.
 
-    Any generator and discriminator with Hugging Face ELECTRA's interface fit; `objective` picks what is trained
-    (`OBJECTIVES`), and `build_models(..., objective=...)` makes the matching pair."""
+    Any generator and discriminator fit, not only Hugging Face's (`build_models` makes those, `objective` picks
+    what is trained: `OBJECTIVES`):
+      generator      `generator(input_ids, attention_mask)` -> logits over the vocabulary (B, L, V); or, to compute
+                     the vocabulary projection at the masked slots only, `generator.hidden_states(input_ids,
+                     attention_mask)` -> (B, L, H) and `generator.lm_head` (H -> V). Hugging Face's
+                     ElectraForMaskedLM is used the second way.
+      discriminator  `discriminator(input_ids, attention_mask)` -> one logit per token (B, L), > 0 for "replaced"
+    Either may return an object with `.logits`. Hugging Face models also get the token type ids. `vocab_size` is
+    needed only for random replacements (`random_token_prob` > 0) of a pair without a Hugging Face config."""
 
     def __init__(self, generator, discriminator, mask_token_id, special_token_ids, pad_token_id=0, mask_prob=MASK_PROB,
                  max_predictions=None, mask_token_prob=0.85, random_token_prob=0.0, sample_temperature=1.0,
-                 sampling='auto', objective='electra'):
+                 sampling='auto', objective='electra', vocab_size=None):
         super().__init__()
         self.objective = check_objective(objective)
         if (generator is None) != (objective == 'mlm'):
@@ -150,6 +184,10 @@ class ELECTRA(nn.Module):
         self.mask_prob, self.max_predictions = mask_prob, max_predictions
         self.mask_token_prob, self.random_token_prob = mask_token_prob, random_token_prob
         self.sample_temperature, self.sampling = sample_temperature, sampling
+        config = getattr(discriminator, 'config', None)
+        self.vocab_size = vocab_size or getattr(config, 'vocab_size', None)
+        if random_token_prob > 0 and not self.vocab_size:
+            raise UserError('random replacements (random_token_prob > 0) need the vocabulary size: pass vocab_size')
 
     def forward(self, input_ids, token_type_ids):
         # input_ids, token_type_ids: (B, L)
@@ -158,8 +196,7 @@ class ELECTRA(nn.Module):
                                            self.max_predictions)                      # (B, N), (B, N)
         masked_ids = input_ids.gather(1, positions)                                   # (B, N)
         masked_input = replace_masked(input_ids, positions, weight, masked_ids, self.mask_token_id,
-                                      self.mask_token_prob, self.random_token_prob,
-                                      self.discriminator.config.vocab_size)
+                                      self.mask_token_prob, self.random_token_prob, self.vocab_size)
         if self.objective == 'mlm':  # BERT: the model itself predicts the masked tokens
             out = ElectraOutput(None, positions, masked_ids, weight, None, masked_input, None, None, attention_mask)
             out.model_logits = generator_logits_at(self.discriminator, masked_input, attention_mask, token_type_ids,
@@ -181,8 +218,7 @@ class ELECTRA(nn.Module):
                                                    positions)
             out.model_loss = masked_lm_loss(out.model_logits, masked_ids, weight)
             return out
-        out.disc_logits = self.discriminator(input_ids=disc_input, attention_mask=attention_mask,
-                                             token_type_ids=token_type_ids).logits    # (B, L)
+        out.disc_logits = token_logits(self.discriminator, disc_input, attention_mask, token_type_ids)  # (B, L)
         if self.objective == 'electra-15':  # the loss only on the masked positions (else on every real token)
             out.disc_weight = used_positions(positions, weight, input_ids.shape)
         out.disc_loss = discriminator_loss(out)
@@ -244,11 +280,29 @@ def slot_writes(values, masked_ids, weight):
 
 
 def generator_logits_at(generator, input_ids, attention_mask, token_type_ids, positions):
-    """Generator MLM logits only at `positions` (B, N): the vocabulary projection on N slots, not all L tokens."""
-    hidden = generator.electra(input_ids=input_ids, attention_mask=attention_mask,
-                               token_type_ids=token_type_ids).last_hidden_state             # (B, L, H)
-    hidden = hidden.gather(1, positions.unsqueeze(-1).expand(-1, -1, hidden.size(-1)))      # (B, N, H)
-    return generator.generator_lm_head(generator.generator_predictions(hidden))             # (B, N, V)
+    """Generator MLM logits at `positions` (B, N, V). A Hugging Face generator, or one with `hidden_states` and
+    `lm_head`, projects onto the vocabulary at the N slots only, not at all L tokens; any other is called whole."""
+    at = lambda x: x.gather(1, positions.unsqueeze(-1).expand(-1, -1, x.size(-1)))       # (B, L, D) -> (B, N, D)
+    if hasattr(generator, 'generator_lm_head'):                                         # Hugging Face ELECTRA
+        hidden = generator.electra(input_ids=input_ids, attention_mask=attention_mask,
+                                   token_type_ids=token_type_ids).last_hidden_state     # (B, L, H)
+        return generator.generator_lm_head(generator.generator_predictions(at(hidden)))
+    if hasattr(generator, 'hidden_states') and hasattr(generator, 'lm_head'):
+        return generator.lm_head(at(generator.hidden_states(input_ids, attention_mask)))
+    return at(_logits(generator(input_ids, attention_mask)))
+
+
+def token_logits(discriminator, input_ids, attention_mask, token_type_ids):
+    """The discriminator's logit per token (B, L): Hugging Face's with the token types, any other module with
+    (input_ids, attention_mask)."""
+    if isinstance(discriminator, PreTrainedModel):
+        return discriminator(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids).logits
+    logits = _logits(discriminator(input_ids, attention_mask))
+    return logits.squeeze(-1) if logits.dim() == 3 else logits
+
+
+def _logits(output):
+    return output.logits if hasattr(output, 'logits') else output
 
 
 def sample_from_softmax(logits, temperature=1.0, method='auto'):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import (CHECKPOINT_DIR, load_checkpoint, models_from_checkpoint, newest_checkpoint,
+from .checkpoint import (CHECKPOINT_DIR, check_own_pair, load_checkpoint, models_from_checkpoint, newest_checkpoint,
                          tokenizer_from_checkpoint)
 from .classifier import ElectraClassifier
 from .errors import UserError, first_line
@@ -80,6 +80,7 @@ def load_pretrained(model='latest', size='small', checkpoint_dir=CHECKPOINT_DIR)
 
 def _from_checkpoint(path):
     ckpt = load_checkpoint(path)
+    check_own_pair(ckpt, 'finetuned by finetune.py')
     _, discriminator = models_from_checkpoint(ckpt)
     return Pretrained(discriminator.electra, tokenizer_from_checkpoint(ckpt), Path(path).stem,
                       f"checkpoint {Path(path).resolve()} (step {ckpt.get('step', '?')})")

@@ -5,7 +5,7 @@ from fastai.callback.core import Callback
 
 from .callbacks import DataParallel, StepProgress
 from .electra import (ELECTRA, MASK_PROB, OBJECTIVES, ElectraLoss, build_models, count_parameters, max_predictions_for,
-                      step_metrics)
+                      pair_from_function, step_metrics)
 from .errors import UserError
 from .learner import build_learner
 from .optim import make_optimizer
@@ -13,23 +13,43 @@ from .text import Batches, StepBatches
 
 
 def build_electra(size, tokenizer, mask_prob=MASK_PROB, max_length=128, attn_implementation='sdpa',
-                  objective='electra', position='absolute'):
+                  objective='electra', position='absolute', pair='', init_from=None):
+    """The ELECTRA step around a generator and a discriminator: Hugging Face ELECTRA models at `size` (the
+    default), your own from `pair` ('file.py:function', see `electra.pair_from_function`), or `init_from`, a
+    (generator, discriminator) pair already loaded (`checkpoint.import_huggingface`)."""
     vocab_size = len(tokenizer)
-    generator, discriminator = build_models(size, vocab_size=vocab_size, pad_token_id=tokenizer.pad_token_id,
-                                            attn_implementation=attn_implementation, objective=objective,
-                                            position=position)
-    if max_length > discriminator.config.max_position_embeddings:
-        raise UserError(f'--max_length {max_length} exceeds the model\'s {discriminator.config.max_position_embeddings}'
-                        ' positions; use at most that')
+    if pair:
+        if objective != 'electra' or position != 'absolute':
+            raise UserError('--pair trains your own models with the electra objective; drop --objective / --position')
+        generator, discriminator = pair_from_function(pair, vocab_size, max_length)
+    elif init_from is not None:
+        generator, discriminator = init_from
+        if objective != 'electra' or position != 'absolute':
+            raise UserError('--init_from continues Hugging Face ELECTRA models: drop --objective / --position')
+        if discriminator.config.vocab_size != vocab_size:
+            raise UserError(f'--init_from: the models have {discriminator.config.vocab_size:,} tokens, the tokenizer '
+                            f'{vocab_size:,}; use the tokenizer saved with the models')
+    else:
+        generator, discriminator = build_models(size, vocab_size=vocab_size, pad_token_id=tokenizer.pad_token_id,
+                                                attn_implementation=attn_implementation, objective=objective,
+                                                position=position)
+    positions = getattr(getattr(discriminator, 'config', None), 'max_position_embeddings', max_length)
+    if max_length > positions:
+        raise UserError(f"--max_length {max_length} exceeds the model's {positions} positions; use at most that")
     specials = [tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.mask_token_id, tokenizer.pad_token_id]
-    return ELECTRA(generator, discriminator, mask_token_id=tokenizer.mask_token_id, special_token_ids=specials,
-                   pad_token_id=tokenizer.pad_token_id, mask_prob=mask_prob,
-                   max_predictions=max_predictions_for(max_length, mask_prob), objective=objective)
+    electra = ELECTRA(generator, discriminator, mask_token_id=tokenizer.mask_token_id, special_token_ids=specials,
+                      pad_token_id=tokenizer.pad_token_id, mask_prob=mask_prob,
+                      max_predictions=max_predictions_for(max_length, mask_prob), objective=objective)
+    electra.pair = pair or None  # recorded in checkpoints, which rebuild the pair with it
+    return electra
 
 
 def describe_models(electra, size):
     """One line: the objective and the parameters of each network."""
     disc, gen = electra.discriminator, electra.generator
+    if getattr(electra, 'pair', None):
+        return (f'your own pair ({electra.pair}): discriminator {count_parameters(disc) / 1e6:.2f}M parameters, '
+                f'generator {count_parameters(gen) / 1e6:.2f}M')
     what = 'discriminator' if electra.objective in ('electra', 'electra-15') else 'MLM model'
     position = getattr(disc.config, 'position', 'absolute')
     line = (f'ELECTRA-{size}, objective {electra.objective}, positions {position}: {what} '
