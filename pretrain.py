@@ -19,8 +19,8 @@ from pathlib import Path
 warnings.filterwarnings('ignore', message='.*torch.jit.script.*is deprecated')  # raised inside a dependency
 
 from _utils.callbacks import Checkpointer, GracefulStop, NonFiniteLoss
-from _utils.checkpoint import (find_checkpoint, load_checkpoint, load_weights, make_checkpoint,
-                               restore_training_state)
+from _utils.checkpoint import (find_checkpoint, load_checkpoint, load_weights, make_checkpoint, restore_training_state,
+                               tokenizer_from_checkpoint)
 from _utils.config import Config, option
 from _utils.electra import MASK_PROB, OBJECTIVES, SIZES, step_metrics
 from _utils.errors import ensure_writable, install_excepthook
@@ -31,7 +31,7 @@ from _utils.loggers import LOGGERS, MetricsLogger, parse_loggers
 from _utils.positions import POSITIONS
 from _utils.pretraining import (COMPILE_MODES, build_electra, describe_models, last_batch_auc, pick_compile,
                                 pretraining_learner, step_dataloader)
-from _utils.text import load_tokenizer, pretraining_examples
+from _utils.text import load_tokenizer, pretraining_examples, train_tokenizer
 
 install_excepthook()  # in the script, bad input gives one clear line instead of a traceback
 
@@ -53,8 +53,13 @@ class MyConfig(Config):
                        choices=list(SIZES))
     corpus: str = option('bundled', "'bundled' (datasets/wiki_sample), a .txt file or folder of them, or a Hugging "
                          "Face dataset name[:config], e.g. Skylion007/openwebtext")
-    tokenizer: str = option('bundled', "'bundled' (BERT uncased, 30,522 tokens), a vocab.txt, a tokenizer folder or "
-                            "a hub id")
+    tokenizer: str = option('bundled', "'bundled' (BERT uncased, 30,522 tokens), a vocab.txt, a tokenizer folder, a "
+                            "hub id, or 'train': a WordPiece vocabulary trained on --corpus (cached; a copy goes to "
+                            "the run's log folder)")
+    vocab_size: int = option(30_522, "with --tokenizer train: tokens in the vocabulary (BERT's 30,522)")
+    lowercase: bool = option(True, 'with --tokenizer train: lower-case the text, as BERT uncased does')
+    strip_accents: bool | None = option(None, 'with --tokenizer train: remove accents (é -> e); none: as --lowercase, '
+                                        'as BERT does (Spanish usually keeps them: --strip_accents false)')
     max_steps: int = option(1_000_000, 'optimizer steps to train for')
     batch_size: int = option(128, 'global batch size (split across processes)')
     max_length: int = option(128, 'tokens per example')
@@ -141,15 +146,29 @@ if int(os.environ.get("RANK", 0)) == 0: print(cfg)
 # ## 2. Data: corpus → tokens → packed examples
 # Lines are tokenized and packed the way the official builder does (RECIPE.md, "Pretraining data"): examples
 # never cross documents, 10% hold one segment only, 5% get a shorter random target length. The result is cached
-# under `datasets/cache/`, keyed by corpus, tokenizer and length.
+# under `datasets/cache/`, keyed by corpus, tokenizer and length. With `--tokenizer train`, a WordPiece vocabulary of
+# `--vocab_size` tokens is first trained on the corpus (once: it is cached in `datasets/cache/tokenizers/`) and saved
+# in the run's log folder; a resumed run takes its vocabulary from the checkpoint.
 
 rank, world_size = process_rank()  # one process, unless started by torchrun / accelerate
+run_id = f'{cfg.run_name}_seed{cfg.seed}'
+log_dir = project_path(cfg.log_dir) / run_id
 if rank == 0:  # fail now, not after hours of training, if the outputs cannot be written
     ensure_writable(project_path(cfg.checkpoint_dir), '--checkpoint_dir')
     ensure_writable(project_path(cfg.log_dir), '--log_dir')
 seed_everything(cfg.seed)
-tokenizer = load_tokenizer(cfg.tokenizer)
-with one_process_at_a_time(project_path(cfg.data_cache) / '.build.lock', world_size):  # the first builds it
+with one_process_at_a_time(project_path(cfg.data_cache) / '.build.lock', world_size):  # the first builds them
+    if cfg.tokenizer != 'train':
+        tokenizer = load_tokenizer(cfg.tokenizer)
+    elif resume_from:  # the vocabulary the run was trained with, whatever the cache holds now
+        tokenizer = tokenizer_from_checkpoint(resume_from)
+    else:  # trained once, then taken from the cache
+        tokenizer = train_tokenizer(cfg.corpus, cfg.vocab_size, cfg.lowercase, cfg.strip_accents,
+                                    cache_root=project_path(cfg.data_cache))
+    if cfg.tokenizer == 'train' and rank == 0:
+        tokenizer.save_pretrained(str(log_dir / 'tokenizer'))
+        print(f'Tokenizer: {len(tokenizer):,} WordPiece tokens trained on {cfg.corpus}, saved in '
+              f'{log_dir / "tokenizer"}')
     examples = pretraining_examples(cfg.corpus, tokenizer, cfg.max_length, seed=cfg.seed,
                                     num_proc=cfg.num_proc or None, cache_root=project_path(cfg.data_cache))
 print(f'{len(examples):,} examples of up to {cfg.max_length} tokens; vocabulary {len(tokenizer):,}')
@@ -182,8 +201,6 @@ seed_masking(cfg.seed, rank, world_size)
 device = ddp_device or pick_device(cfg.device)
 precision = pick_precision(cfg.precision, device)
 compile_mode = pick_compile(cfg.compile, device, world_size)
-run_id = f'{cfg.run_name}_seed{cfg.seed}'
-log_dir = project_path(cfg.log_dir) / run_id
 num_workers = cfg.num_workers if cfg.num_workers >= 0 else (4 if device.type == 'cuda' else 0)
 start_step = resume_from['step'] if resume_from else 0
 train_dl = step_dataloader(examples, cfg.batch_size, cfg.max_steps, seed=cfg.seed, num_workers=num_workers,

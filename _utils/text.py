@@ -1,7 +1,8 @@
 """Text: tokenizers, corpus sources, the official example builder, and the on-disk cache of packed examples.
 
 The path of the data (RECIPE.md, "Pretraining data"):
-    corpus (hub name | local files | bundled sample) -> documents -> lines -> WordPiece ids
+    corpus (hub name | local files | bundled sample) -> documents -> lines -> WordPiece ids (the bundled BERT
+    vocabulary, any Hugging Face tokenizer, or one trained on the corpus: `train_tokenizer`)
     -> ExampleBuilder packs lines into `[CLS] A [SEP] B [SEP]` examples -> padded arrays cached in datasets/cache/
 Masking is *not* done here: it is dynamic, re-drawn at every step (see electra.py).
 """
@@ -11,6 +12,7 @@ import json
 import os
 import random
 import shutil
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -187,6 +189,12 @@ def resolve_corpus(corpus):
     return 'hub', (name, config or None)
 
 
+def corpus_name(corpus, kind):
+    """A short name for cache folders: the file or folder name of a local corpus, else the corpus as given."""
+    if kind == 'local' and corpus not in (None, '', 'bundled'): return Path(str(corpus)).name
+    return str(corpus or 'bundled')
+
+
 def corpus_fingerprint(kind, source):
     if kind == 'local':
         return [(str(Path(f).resolve()), Path(f).stat().st_size, Path(f).stat().st_mtime_ns) for f in source]
@@ -236,8 +244,7 @@ def pretraining_examples(corpus, tokenizer, max_length, seed=0, num_proc=None, c
     key = dict(corpus=corpus_fingerprint(kind, source), tokenizer=tokenizer_fingerprint(tokenizer),
                max_length=max_length, seed=seed, builder=BUILDER_VERSION)
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    name = Path(str(corpus)).name if kind == 'local' and corpus not in (None, '', 'bundled') else str(corpus or 'bundled')
-    cache_dir = Path(cache_root) / f"{slug(name)}-L{max_length}-{digest}"
+    cache_dir = Path(cache_root) / f"{slug(corpus_name(corpus, kind))}-L{max_length}-{digest}"
     if (cache_dir / 'dataset_info.json').exists():
         if verbose: print(f'Examples: cached in {cache_dir}')
         return datasets.load_from_disk(str(cache_dir)).with_format('torch')
@@ -272,6 +279,122 @@ def hf_datasets():
 
 def slug(s):
     return ''.join(c if c.isalnum() or c in '-_.' else '_' for c in s)[:48]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A WordPiece vocabulary of your own, trained on the pretraining corpus
+# ---------------------------------------------------------------------------------------------------------------
+# ELECTRA's special tokens at ids 0-4: [PAD] at 0 as in BERT's vocab, the others right after it rather than at
+# BERT's 100-103 (ids 1-99 there are [unusedN] slots), so a small vocabulary spends no slot on unused tokens
+SPECIAL_TOKENS = ['[PAD]', '[UNK]', '[CLS]', '[SEP]', '[MASK]']
+MAX_ALPHABET = 1000  # characters kept, the most frequent (Hugging Face's BERT WordPiece trainer keeps 1000)
+# Bump when the way a vocabulary is trained changes, so that cached tokenizers are never reused
+TRAINER_VERSION = 1
+
+
+def train_tokenizer(corpus='bundled', vocab_size=30_522, lowercase=True, strip_accents=None,
+                    cache_root=DATASETS_DIR / 'cache'):
+    """A WordPiece tokenizer of `vocab_size` tokens trained on `corpus`, as an `ElectraTokenizerFast`.
+
+    `corpus`: what `pretraining_examples` takes ('bundled', a .txt file or folder of them, a hub dataset name).
+    `lowercase` and `strip_accents` are BERT's normalizer's; strip_accents=None follows lowercase, as in BERT
+    (Spanish or French text usually keeps its accents: lowercase=True, strip_accents=False). The rest is BERT's:
+    its normalizer and pre-tokenizer (whitespace and punctuation split words), '##' word continuations,
+    `[CLS] A [SEP] B [SEP]` with token types 0 then 1, and the special tokens [PAD] [UNK] [CLS] [SEP] [MASK] at ids
+    0-4 ([PAD] at 0 as in BERT; no [unusedN] slots before the others). Pieces must occur twice (min_frequency=2);
+    a corpus too small to offer `vocab_size` of them gives fewer tokens.
+
+    Trained once, deterministically, then reused from `cache_root`/tokenizers/<key>/ (a `save_pretrained` folder that
+    `load_tokenizer` reads), keyed by the corpus's files (or hub name), the settings and the tokenizers version.
+    """
+    import tokenizers
+    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size <= len(SPECIAL_TOKENS):
+        raise UserError(f'--vocab_size must be a whole number above {len(SPECIAL_TOKENS)} (the special tokens), got '
+                        f'{vocab_size!r}; BERT uses 30522')
+    if strip_accents is None: strip_accents = lowercase                     # BERT's rule
+    kind, source = resolve_corpus(corpus)
+    key = dict(corpus=corpus_fingerprint(kind, source), vocab_size=vocab_size, lowercase=bool(lowercase),
+               strip_accents=bool(strip_accents), trainer=TRAINER_VERSION, tokenizers=tokenizers.__version__)
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    folder = Path(cache_root) / 'tokenizers' / f'{slug(corpus_name(corpus, kind))}-{vocab_size}-{digest}'
+    if not (folder / 'tokenizer.json').exists():
+        documents = load_documents(kind, source, cache_dir=str(Path(cache_root).parent / 'hf_cache'))
+        tokenizer = train_wordpiece(documents, vocab_size, bool(lowercase), bool(strip_accents), corpus)
+        # Write to a temporary folder, then rename: a killed run never leaves a half-written tokenizer behind
+        tmp = folder.with_name(folder.name + f'.tmp{os.getpid()}')
+        tokenizer.save_pretrained(str(tmp))
+        (tmp / 'cache_key.json').write_text(json.dumps(key, indent=1))
+        shutil.rmtree(folder, ignore_errors=True)
+        tmp.rename(folder)
+    return load_tokenizer(folder)  # the same object whether just trained or cached
+
+
+def train_wordpiece(documents, vocab_size, lowercase, strip_accents, corpus='the corpus'):
+    """Train BERT's WordPiece on `documents` (a `datasets.Dataset` with a 'text' column) -> `ElectraTokenizerFast`.
+
+    The tokenizers trainer numbers '##' continuations in hash-map order, different in every process, and breaks
+    ties between equally frequent merges by those numbers; its alphabet limit drops equally rare characters at
+    random. Choosing the alphabet here and naming every '##c' before training makes the vocabulary the same on
+    every run.
+    """
+    from tokenizers import Tokenizer, normalizers, pre_tokenizers
+    from tokenizers.models import WordPiece
+    from tokenizers.trainers import WordPieceTrainer
+    normalizer = normalizers.BertNormalizer(lowercase=lowercase, strip_accents=strip_accents)
+    pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    texts = lambda: (batch['text'] for batch in documents.iter(batch_size=1000))
+    alphabet = corpus_alphabet(texts(), normalizer)
+    if not alphabet:
+        raise UserError(f"corpus '{corpus}' holds no usable text; give files with one sentence or paragraph per line")
+    # '##c' for each character that can continue a word (punctuation and CJK characters always stand alone)
+    continues_word = lambda c: len(pre_tokenizer.pre_tokenize_str(normalizer.normalize_str('a' + c))) == 1
+    continuations = ['##' + c for c in alphabet if continues_word(c)]
+    needed = len(SPECIAL_TOKENS) + len(alphabet) + len(continuations)
+    if vocab_size < needed:
+        raise UserError(f"--vocab_size {vocab_size} is too small for corpus '{corpus}': its {len(alphabet)} "
+                        f"characters, {len(continuations)} '##' continuations and {len(SPECIAL_TOKENS)} special "
+                        f'tokens take {needed}; give at least {needed} (BERT uses 30522)')
+    backend = Tokenizer(WordPiece(unk_token='[UNK]'))
+    backend.normalizer, backend.pre_tokenizer = normalizer, pre_tokenizer
+    trainer = WordPieceTrainer(vocab_size=vocab_size, min_frequency=2, special_tokens=SPECIAL_TOKENS + continuations,
+                               initial_alphabet=alphabet, limit_alphabet=len(alphabet), show_progress=False)
+    backend.train_from_iterator(texts(), trainer)
+    # The trainer made every '##c' a special token too: build the tokenizer again from the vocabulary alone
+    return bert_wordpiece(backend.get_vocab(), lowercase, strip_accents)
+
+
+def corpus_alphabet(texts, normalizer, max_size=MAX_ALPHABET):
+    """The `max_size` most frequent characters of the normalized text (ties: in code-point order), sorted.
+
+    `texts`: batches of strings. Characters are counted raw, then normalized one by one (BERT's normalizer maps
+    each character alone), which is many times faster than normalizing all the text.
+    """
+    raw = Counter()
+    for batch in texts:
+        for text in batch: raw.update(text)
+    counts = Counter()
+    for c, n in raw.items():
+        for normalized in normalizer.normalize_str(c): counts[normalized] += n
+    chars = sorted((c for c in counts if not c.isspace()), key=lambda c: (-counts[c], c))[:max_size]
+    return sorted(chars)
+
+
+def bert_wordpiece(vocab, lowercase, strip_accents):
+    """An `ElectraTokenizerFast` made like BERT's around a WordPiece vocabulary ({token: id})."""
+    from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers, processors
+    from tokenizers.models import WordPiece
+    from transformers import ElectraTokenizerFast
+    backend = Tokenizer(WordPiece(vocab, unk_token='[UNK]'))
+    backend.normalizer = normalizers.BertNormalizer(lowercase=lowercase, strip_accents=strip_accents)
+    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    backend.decoder = decoders.WordPiece(prefix='##')
+    cls, sep = ('[CLS]', vocab['[CLS]']), ('[SEP]', vocab['[SEP]'])
+    backend.post_processor = processors.TemplateProcessing(single='[CLS]:0 $A:0 [SEP]:0',
+                                                           pair='[CLS]:0 $A:0 [SEP]:0 $B:1 [SEP]:1',
+                                                           special_tokens=[cls, sep])
+    backend.add_special_tokens(SPECIAL_TOKENS)
+    # do_lower_case / strip_accents go into tokenizer_config.json, from which transformers rebuilds the normalizer
+    return ElectraTokenizerFast(tokenizer_object=backend, do_lower_case=lowercase, strip_accents=strip_accents)
 
 
 # ---------------------------------------------------------------------------------------------------------------
