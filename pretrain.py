@@ -19,8 +19,8 @@ from pathlib import Path
 warnings.filterwarnings('ignore', message='.*torch.jit.script.*is deprecated')  # raised inside a dependency
 
 from _utils.callbacks import Checkpointer, GracefulStop, NonFiniteLoss
-from _utils.checkpoint import (find_checkpoint, load_checkpoint, load_weights, make_checkpoint, restore_training_state,
-                               tokenizer_from_checkpoint)
+from _utils.checkpoint import (find_checkpoint, import_huggingface, load_checkpoint, load_weights, make_checkpoint,
+                               restore_training_state, tokenizer_from_checkpoint)
 from _utils.config import Config, option
 from _utils.electra import MASK_PROB, OBJECTIVES, SIZES, step_metrics
 from _utils.errors import ensure_writable, install_excepthook
@@ -77,6 +77,10 @@ class MyConfig(Config):
     position: str = option('absolute', "where a token is: 'absolute' (the paper's position embeddings), 'tupe-a' "
                            "(TUPE's untied positional attention) or 'tupe-r' (TUPE-A + relative-position bias)",
                            choices=list(POSITIONS))
+    pair: str = option('', "your own generator and discriminator: 'file.py:function' or 'module:function', called as "
+                       'function(vocab_size, max_length) -> (generator, discriminator) (README); empty: ELECTRA')
+    init_from: str = option('', 'continue pretraining Hugging Face ELECTRA models: a folder holding generator/ and '
+                            "discriminator/, or 'generator,discriminator' (folders or hub ids); its tokenizer too")
     seed: int = option(0, 'random seed (data order, masking, initialisation)')
     run_name: str = option('', 'name for checkpoints and logs; empty: the preset (or size) name')
     precision: str = option('auto', 'auto: bf16 where the hardware is fast at it, else fp16 (GPU) / fp32 (CPU)',
@@ -121,6 +125,7 @@ class MyConfig(Config):
         self.check(self.lr > 0, f'--lr must be positive, got {self.lr}')
         self.check(self.warmup_steps >= 0, f'--warmup_steps must be >= 0, got {self.warmup_steps}')
         self.check(self.log_every > 0, f'--log_every must be positive, got {self.log_every}')
+        self.check(not (self.pair and self.init_from), 'give --pair or --init_from, not both')
         parse_loggers(self.logger)
         self.check(all(0 < f <= 1 for f in self.fractions), '--checkpoint_fractions must be numbers in (0, 1]')
         if not self.run_name: self.run_name = self.preset if self.preset != 'none' else self.size
@@ -157,8 +162,11 @@ if rank == 0:  # fail now, not after hours of training, if the outputs cannot be
     ensure_writable(project_path(cfg.checkpoint_dir), '--checkpoint_dir')
     ensure_writable(project_path(cfg.log_dir), '--log_dir')
 seed_everything(cfg.seed)
+imported = import_huggingface(cfg.init_from) if cfg.init_from else None  # (generator, discriminator, tokenizer)
 with one_process_at_a_time(project_path(cfg.data_cache) / '.build.lock', world_size):  # the first builds them
-    if cfg.tokenizer != 'train':
+    if imported and imported[2] is not None and 'tokenizer' not in cfg.given:  # the models' own vocabulary
+        tokenizer = imported[2]
+    elif cfg.tokenizer != 'train':
         tokenizer = load_tokenizer(cfg.tokenizer)
     elif resume_from:  # the vocabulary the run was trained with, whatever the cache holds now
         tokenizer = tokenizer_from_checkpoint(resume_from)
@@ -181,7 +189,8 @@ print(f'{len(examples):,} examples of up to {cfg.max_length} tokens; vocabulary 
 # Several processes: the process group starts now, after the data (see `one_process_at_a_time`)
 _, _, ddp_device = init_distributed()
 electra = build_electra(cfg.size, tokenizer, mask_prob=cfg.mask_prob, max_length=cfg.max_length,
-                        objective=cfg.objective, position=cfg.position)
+                        objective=cfg.objective, position=cfg.position, pair=cfg.pair,
+                        init_from=imported[:2] if imported else None)
 if resume_from: load_weights(electra, resume_from, tokenizer)
 print(describe_models(electra, cfg.size))
 

@@ -199,7 +199,7 @@ def load_weights(electra, ckpt, tokenizer=None):
         if saved.get_vocab() != tokenizer.get_vocab():
             raise UserError(f'the tokenizer ({len(tokenizer):,} tokens) does not match the checkpoint\'s '
                             f'({len(saved):,} tokens); use the tokenizer the run was trained with')
-    position, own = checkpoint_position(ckpt), position_of(electra.discriminator.config)
+    position, own = checkpoint_position(ckpt), position_of(getattr(electra.discriminator, 'config', None))
     if position != own:
         raise UserError(f"the checkpoint was trained with --position {position}, this model has {own}; use "
                         f"--position {position}")

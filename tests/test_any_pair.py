@@ -118,3 +118,40 @@ def test_huggingface_import_refuses_bad_input_in_one_line(tmp_path):
         import_huggingface(f'{tmp_path}/nothing,{tmp_path}/none')
     with pytest.raises(UserError, match="give a folder holding generator/ and discriminator/"):
         import_huggingface(f'{tmp_path}/a,{tmp_path}/b,{tmp_path}/c')
+
+
+def _pretrain(tmp_path, *args):
+    import os
+    import subprocess
+    import sys
+    res = subprocess.run([sys.executable, 'pretrain.py', '--size', 'tiny', '--batch_size', '4', '--max_length', '32',
+                          '--precision', 'fp32', '--device', 'cpu', '--logger', 'csv', '--log_every', '1',
+                          '--warmup_steps', '1', '--lr', '1e-4', '--checkpoint_fractions', '1',
+                          '--checkpoint_dir', str(tmp_path / 'ckpt'), '--log_dir', str(tmp_path / 'logs'), *args],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600, env={**os.environ, 'OMP_NUM_THREADS': '1'})
+    assert res.returncode == 0, res.stderr[-3000:]
+    return res.stdout
+
+
+def test_pretrain_py_trains_a_pair_of_your_own_and_resumes_it(tmp_path):
+    (tmp_path / 'mine.py').write_text(PAIR_FILE)
+    spec = f"{tmp_path / 'mine.py'}:make_pair"
+    out = _pretrain(tmp_path, '--pair', spec, '--run_name', 'own', '--max_steps', '3', '--save_every', '2')
+    assert f'your own pair ({spec})' in out
+    out = _pretrain(tmp_path, '--resume', str(tmp_path / 'ckpt' / 'own_seed0_step2.pth'))
+    assert 'from step 2' in out and 'your own pair' in out
+    assert load_checkpoint(tmp_path / 'ckpt' / 'own_seed0_100pct.pth')['step'] == 3
+
+
+def test_pretrain_py_continues_huggingface_models(tokenizer, tmp_path):
+    torch.manual_seed(0)
+    electra = build_electra('tiny', tokenizer, max_length=32)
+    folder = export_huggingface(make_checkpoint(electra, tokenizer, {}, 1, 1, with_rng=False), tmp_path / 'hf')
+    out = _pretrain(tmp_path, '--init_from', str(folder), '--run_name', 'cont', '--max_steps', '2')
+    assert 'Training 2 steps' in out
+    ckpt = load_checkpoint(tmp_path / 'ckpt' / 'cont_seed0_100pct.pth')
+    start = electra.discriminator.state_dict()
+    moved = max((ckpt['discriminator'][k] - start[k]).abs().max().item() for k in start)
+    assert 0 < moved < 0.01  # two small steps from the imported weights, not a fresh initialisation
+    assert torch.equal(ckpt['generator']['electra.embeddings.word_embeddings.weight'],
+                       ckpt['discriminator']['electra.embeddings.word_embeddings.weight'])  # still shared
