@@ -1,7 +1,8 @@
 # The notebooks are the source: the scripts are generated from them with nbconvert, leaving out the cells tagged
 # `notebook-only` (pictures, tables, peeks at tensors).
-#   make scripts      pretrain.py and finetune.py from their notebooks (tests/test_scripts.py checks they match)
-#   make notebooks    run both notebooks at demo scale, keep their outputs (minus execution counts and other
+#   make scripts      pretrain.py, finetune.py and detect.py from their notebooks (tests/test_scripts.py checks
+#                     they match)
+#   make notebooks    run the notebooks at demo scale, keep their outputs (minus execution counts and other
 #                     metadata that change on every run), then regenerate the scripts
 OUT ?= .
 SCRIPT = jupyter nbconvert --to python --log-level WARN --output-dir $(OUT) \
@@ -12,9 +13,10 @@ SCRIPT = jupyter nbconvert --to python --log-level WARN --output-dir $(OUT) \
 scripts:
 	$(SCRIPT) --output pretrain Pretrain.ipynb
 	$(SCRIPT) --output finetune Finetune_GLUE.ipynb
+	$(SCRIPT) --output detect Detect_and_Correct.ipynb
 
 notebooks:
 	ELECTRA_ARGS= jupyter nbconvert --to notebook --execute --inplace --log-level WARN \
-		--ExecutePreprocessor.timeout=3600 Pretrain.ipynb Finetune_GLUE.ipynb
-	nbstripout --keep-output Pretrain.ipynb Finetune_GLUE.ipynb
+		--ExecutePreprocessor.timeout=3600 Pretrain.ipynb Finetune_GLUE.ipynb Detect_and_Correct.ipynb
+	nbstripout --keep-output Pretrain.ipynb Finetune_GLUE.ipynb Detect_and_Correct.ipynb
 	$(MAKE) --no-print-directory scripts

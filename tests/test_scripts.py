@@ -23,7 +23,7 @@ def test_scripts_are_what_nbconvert_makes_of_their_notebooks(tmp_path):
     res = subprocess.run(['make', '--no-print-directory', 'scripts', f'OUT={tmp_path}'], cwd=ROOT, capture_output=True,
                          text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
-    for script in ('pretrain.py', 'finetune.py'):
+    for script in ('pretrain.py', 'finetune.py', 'detect.py'):
         assert (ROOT / script).read_text() == (tmp_path / script).read_text(), \
             f'{script} is out of sync with its notebook: run `make scripts`'
     assert 'plot_history' not in (tmp_path / 'pretrain.py').read_text()        # notebook-only cells stay out

@@ -1,0 +1,96 @@
+#!/usr/bin/env python
+# coding: utf-8
+
+# # Detect and correct replaced words
+# 
+# ELECTRA's discriminator was pretrained on one question, asked of every token: *is this the original, or did the
+# generator put it there?* Asked of any text, the same question points at the words that do not fit (a typo that
+# made another word, a word swapped by mistake), and the generator, asked what belongs in a flagged word's place,
+# proposes corrections. The paper's own example (Clark et al., Figure 1): in "the chef ate the meal", *ate* is the
+# generator's replacement of *cooked*.
+# 
+# This notebook is the source of `detect.py` (regenerate it with `make scripts`); the cells tagged `notebook-only`
+# draw the picture and work an example through. The logic lives in `_utils/detection.py`:
+# 
+# - **words** are the tokenizer's own (BERT's splits at spaces and around each punctuation mark and CJK character),
+#   each with its place in the text, so marks land on the characters as written, case and accents kept;
+# - a word's **P(replaced)** is the sigmoid of the discriminator's logit, the **maximum over the word's pieces**: a
+#   word is replaced when any of its pieces is (the generator replaces pieces, not words);
+# - a **long text** is read in chunks of whole words, each as long as the model's positions allow (512 here);
+# - a word above `--threshold` is **flagged**; with `--correct` its pieces become one `[MASK]` and the generator's
+#   most probable whole words are proposed (no `##` continuation, special token, or the word itself);
+#   `--rescore` puts each proposal in the word's place and ranks them by the discriminator's P(replaced) there,
+#   lowest first.
+
+import warnings
+from dataclasses import dataclass
+
+warnings.filterwarnings('ignore', message='.*torch.jit.script.*is deprecated')  # raised inside a dependency
+
+from _utils.config import Config, option
+from _utils.detection import THRESHOLD, detect, format_text, load_detector, read_texts, to_json
+from _utils.errors import install_excepthook
+from _utils.learner import pick_device
+
+install_excepthook()  # in the script, bad input gives one clear line instead of a traceback
+
+
+# ## 1. Configuration
+# `--model` is a checkpoint of `pretrain.py` (`latest`, the default, is the newest in `checkpoints/pretrain/`; it
+# holds the discriminator, the generator and the tokenizer), a Hugging Face folder (`discriminator/` and
+# `generator/` inside, as `export_huggingface` writes them, or a discriminator's own folder: detection only) or a
+# hub id. The texts are `--text` (several separated by `|`) or `--file` (one a line, `-` for standard input).
+# `--format jsonl` writes one JSON object per text and nothing else to standard output. Any field can be set from
+# the command line, e.g. `python detect.py --text "the chef ate the meal" --correct`; `--help` lists them.
+
+@dataclass
+class MyConfig(Config):
+    """Flag the words of a text that a pretrained ELECTRA discriminator takes for replacements, and let its generator
+    propose corrections."""
+    model: str = option('latest', "'latest' (newest checkpoint in checkpoints/pretrain), a .pth checkpoint, a Hugging "
+                        "Face folder (discriminator/ and generator/ inside, as export_huggingface writes, or a "
+                        "discriminator's own folder) or a hub id, e.g. google/electra-small-discriminator")
+    generator: str = option('', "'' (the model's own, if it has one) or a generator's folder or hub id, e.g. "
+                            'google/electra-small-generator')
+    text: str = option('the chef ate the meal', 'the text to read; several separated by |')
+    file: str = option('', 'a text file to read instead, one text a line (- for standard input)')
+    threshold: float = option(THRESHOLD, 'flag a word when its P(replaced) is above this')
+    correct: bool = option(False, "propose corrections for the flagged words (the generator's most probable words)")
+    top_k: int = option(5, 'proposals per flagged word')
+    rescore: bool = option(False, "rank the proposals by the discriminator's P(replaced) in the word's place, lowest "
+                           'first (implies --correct)')
+    format: str = option('text', "'text' (flagged words marked ⟦word⟧(P(replaced))) or 'jsonl' (a JSON object per "
+                         'text)', choices=['text', 'jsonl'])
+    device: str = option('auto', 'auto, cpu, cuda or cuda:N')
+
+    def validate(self):
+        super().validate()
+        self.check(0 <= self.threshold <= 1, f'--threshold must be in [0, 1], got {self.threshold}')
+        self.check(self.top_k >= 1, f'--top_k must be at least 1, got {self.top_k}')
+        if self.rescore: self.correct = True
+
+
+cfg = MyConfig.from_cli()
+texts = read_texts(cfg.text, cfg.file)  # bad input stops here, before a model is loaded
+if cfg.format == 'text': print(cfg)     # jsonl: standard output holds the JSON lines only
+
+
+# ## 2. The detector
+# The discriminator with its tokenizer and, where there is one, the generator, in eval mode. A checkpoint of an MLM
+# objective (`--objective mlm` or `replace-mlm`) has no discriminator head and is refused; a TUPE checkpoint works
+# (its models are built with its positions).
+
+detector = load_detector(cfg.model, cfg.generator, pick_device(cfg.device), need_generator=cfg.correct)
+if cfg.format == 'text':
+    print(f"{detector.source}: {'discriminator and generator' if detector.generator else 'discriminator only'}")
+
+
+# ## 3. Detect, and correct
+# Each text, its flagged words marked `⟦word⟧(P(replaced))`, then a line per flagged word with the generator's
+# proposals and their probabilities (with `--rescore`, then the discriminator's P(replaced) after a slash).
+
+detections = []
+for text in texts:
+    detections.append(detect(detector, text, cfg.threshold, cfg.correct, cfg.top_k, cfg.rescore))
+    print(format_text(detections[-1]) if cfg.format == 'text' else to_json(detections[-1]))
+

@@ -1,0 +1,303 @@
+"""Detecting and correcting replaced words (`_utils/detection.py`, `detect.py`): a swapped word is found, pieces
+combine into words at their place in the text, the generator's proposals, and the script as a user runs it.
+
+The fixture models are trained here, in a few seconds: a tiny discriminator that tells the words of a handful of
+sentences from uniformly random replacements, and a tiny generator that fills in their masked words."""
+import concurrent.futures
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import ElectraConfig, ElectraForMaskedLM, ElectraForPreTraining
+
+from _utils.checkpoint import export_huggingface, load_checkpoint, make_checkpoint
+from _utils.detection import (Detector, chunk_words, detect, format_text, load_detector, propose, read_texts, swap_word,
+                              to_json)
+from _utils.errors import UserError
+from _utils.pretraining import build_electra
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = dict(os.environ, OMP_NUM_THREADS='1', ELECTRA_ARGS='')
+
+SENTENCES = [  # the fixture models' whole world; the held-out sentence is made of their words
+    'the cat sat on the mat and looked at the garden .',
+    'a dog ran across the garden to the old house .',
+    'the children played in the park after school .',
+    'my mother cooked dinner in the small kitchen .',
+    'the old man read a book by the window .',
+    'we walked to the river on a sunny morning .',
+    'the teacher wrote a long letter to the children .',
+    'a bird sang in the tree near the house .',
+]
+HELD_OUT = 'the old dog sat by the river in the morning .'
+STEPS, LR = 200, 3e-3
+
+
+def tiny_config(tokenizer, positions=64):
+    return ElectraConfig(vocab_size=len(tokenizer), embedding_size=32, hidden_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, intermediate_size=64, max_position_embeddings=positions,
+                         hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+
+
+def fixture_batch(tokenizer):
+    """The sentences as one padded batch, and where their real tokens are (not [CLS], [SEP] or padding)."""
+    batch = tokenizer(SENTENCES, padding=True, return_tensors='pt')
+    ids, attention_mask = batch['input_ids'], batch['attention_mask']
+    real = attention_mask.bool() & (ids != tokenizer.cls_token_id) & (ids != tokenizer.sep_token_id)
+    return ids, attention_mask, real
+
+
+def train_discriminator(tokenizer):
+    """Replaced-token detection against uniformly random replacements (15% of the tokens), which a tiny model learns
+    in a few hundred steps: the fixture sentences' words are original, any other word is a replacement."""
+    ids, attention_mask, real = fixture_batch(tokenizer)
+    model = ElectraForPreTraining(tiny_config(tokenizer))
+    opt = torch.optim.Adam(model.parameters(), lr=LR)
+    for _ in range(STEPS):
+        replaced = real & (torch.rand(ids.shape) < 0.15)
+        disc_input = torch.where(replaced, torch.randint(999, len(tokenizer), ids.shape), ids)  # after [unused*]
+        logits = model(input_ids=disc_input, attention_mask=attention_mask).logits               # (B, L)
+        on = attention_mask.bool()
+        loss = F.binary_cross_entropy_with_logits(logits[on], (disc_input != ids)[on].float())
+        opt.zero_grad(); loss.backward(); opt.step()
+    return model.eval()
+
+
+def train_generator(tokenizer):
+    """A masked language model of the fixture sentences: 15% of the tokens masked, at least one a sentence."""
+    ids, attention_mask, real = fixture_batch(tokenizer)
+    model = ElectraForMaskedLM(tiny_config(tokenizer))
+    opt = torch.optim.Adam(model.parameters(), lr=LR)
+    for _ in range(STEPS):
+        masked = real & (torch.rand(ids.shape) < 0.15)
+        masked[torch.arange(len(ids)), (real.float() + torch.rand(ids.shape)).argmax(1)] = True
+        hidden = model.electra(input_ids=torch.where(masked, tokenizer.mask_token_id, ids),
+                               attention_mask=attention_mask).last_hidden_state[masked]          # (N, H)
+        loss = F.cross_entropy(model.generator_lm_head(model.generator_predictions(hidden)), ids[masked])
+        opt.zero_grad(); loss.backward(); opt.step()
+    return model.eval()
+
+
+@pytest.fixture(scope='module')
+def detector(tokenizer):
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return Detector(train_discriminator(tokenizer), tokenizer, train_generator(tokenizer), 'fixture models')
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Detection
+# ---------------------------------------------------------------------------------------------------------------
+def test_a_word_swapped_for_a_random_word_gets_the_highest_probability_and_is_flagged(detector, tokenizer):
+    assert detect(detector, HELD_OUT).flagged == []
+    for seed in range(3):
+        text, index = swap_word(tokenizer, HELD_OUT, seed=seed)
+        detection = detect(detector, text)
+        swapped = detection.words[index]
+        assert swapped.text != HELD_OUT.split()[index]
+        highest_other = max(w.probability for i, w in enumerate(detection.words) if i != index)
+        assert swapped.probability > 0.9 and highest_other < 0.2, (text, swapped, highest_other)
+        assert detection.flagged == [index]
+
+
+def test_pieces_combine_into_words_at_their_place_in_the_text_as_written(detector, tokenizer):
+    text = "Héllo wörld, unbelievably [MASK] 東京 don't"
+    words = detect(detector, text).words
+    assert [w.text for w in words] == ['Héllo', 'wörld', ',', 'unbelievably', '[', 'MASK', ']', '東', '京', 'don',
+                                       "'", 't']
+    assert all(text[w.start:w.end] == w.text for w in words)
+    assert tokenizer.convert_ids_to_tokens(words[3].ids) == ['un', '##bel', '##ie', '##va', '##bly']
+    # a word's probability is the max over its pieces; [CLS] and [SEP] belong to no word
+    encoded = tokenizer(text, return_tensors='pt', split_special_tokens=True)
+    with torch.no_grad():
+        pieces = torch.sigmoid(detector.discriminator(**encoded).logits[0, 1:-1]).tolist()
+    assert sum(len(w.ids) for w in words) == len(pieces)
+    at = 0
+    for w in words:
+        assert w.probability == pytest.approx(max(pieces[at:at + len(w.ids)]), abs=1e-6)
+        at += len(w.ids)
+
+
+def test_a_text_longer_than_the_positions_is_read_in_chunks_of_whole_words(tokenizer):
+    torch.manual_seed(0)
+    short = Detector(ElectraForPreTraining(tiny_config(tokenizer, positions=16)).eval(), tokenizer)
+    assert short.max_pieces == 14  # 16 positions less [CLS] and [SEP]
+    text = ' '.join(['unbelievably long sentences'] * 6)  # 7 pieces each time, 42 in all
+    detection = detect(short, text)
+    chunks = chunk_words(detection.words, short.max_pieces)
+    assert len(chunks) == 3 and [i for c in chunks for i in c] == list(range(len(detection.words)))
+    for chunk in chunks:  # each word gets the probability it gets in its chunk read alone
+        first, last = detection.words[chunk[0]], detection.words[chunk[-1]]
+        alone = detect(short, text[first.start:last.end]).words
+        assert [w.probability for w in alone] == pytest.approx([detection.words[i].probability for i in chunk],
+                                                               abs=1e-6)
+    with pytest.raises(UserError, match='more than the model'):
+        detect(short, 'qwzx' * 5)  # one word of 20 pieces: q ##w ##z ##x ...
+
+
+def test_empty_text_and_missing_generator_are_one_line_errors(detector, tokenizer):
+    with pytest.raises(UserError, match='the text is empty'):
+        detect(detector, '  ')
+    with pytest.raises(UserError, match='corrections need a generator'):
+        detect(Detector(detector.discriminator, tokenizer, None, 'a discriminator'), HELD_OUT, correct=True)
+
+
+def test_texts_come_from_text_separated_by_bars_or_a_file_one_a_line(tmp_path):
+    assert read_texts('the chef ate the meal | a b') == ['the chef ate the meal', 'a b']
+    (tmp_path / 'texts.txt').write_text('first text\n\n second | text \n', encoding='utf-8')
+    assert read_texts('ignored', str(tmp_path / 'texts.txt')) == ['first text', 'second | text']
+    with pytest.raises(UserError, match='--text is empty'):
+        read_texts(' | ')
+    with pytest.raises(UserError, match="--file '.*nope.txt' does not exist"):
+        read_texts('', str(tmp_path / 'nope.txt'))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Corrections
+# ---------------------------------------------------------------------------------------------------------------
+def test_proposals_are_the_generators_k_most_probable_whole_words_other_than_the_word(detector, tokenizer):
+    text, index = swap_word(tokenizer, SENTENCES[0], index=6)  # 'and' swapped for a random word
+    detection = detect(detector, text, correct=True, top_k=3)
+    word = detection.words[index]
+    assert detection.flagged == [index] and len(word.proposals) == 3
+    vocab = tokenizer.get_vocab()
+    chosen = [p.word for p in word.proposals]
+    assert all(w in vocab and w.isalpha() and w != word.text for w in chosen)  # whole words, not '##', [MASK], ...
+    # the generator's probabilities at the word re-masked, most probable first
+    masked = tokenizer(text[:word.start] + tokenizer.mask_token + text[word.end:], return_tensors='pt')
+    with torch.no_grad():
+        probabilities = torch.softmax(detector.generator(**masked).logits[0, index + 1], -1)
+    assert [p.probability for p in word.proposals] == pytest.approx([probabilities[vocab[w]].item() for w in chosen])
+    assert chosen == sorted(chosen, key=lambda w: -probabilities[vocab[w]])
+    left_out = [i for t, i in vocab.items() if t.isalpha() and t not in chosen and t != word.text]
+    assert probabilities[left_out].max() <= word.proposals[-1].probability
+    assert 'and' in chosen  # the word swapped out, which the generator learned from the fixture sentence
+
+
+def test_rescore_ranks_the_proposals_by_the_discriminators_probability_in_the_words_place(detector, tokenizer):
+    text, index = swap_word(tokenizer, SENTENCES[1], index=2)  # 'ran' swapped for a random word
+    detection = detect(detector, text)
+    by_generator = propose(detector, detection, index, top_k=4)
+    rescored = propose(detector, detection, index, top_k=4, rescore=True)
+    assert sorted(p.word for p in rescored) == sorted(p.word for p in by_generator)
+    assert [p.replaced_probability for p in rescored] == sorted(p.replaced_probability for p in rescored)
+    for p in rescored:  # the probability the word itself gets, put in the text
+        in_place = detect(detector, swap_word(tokenizer, text, index, p.word)[0]).words[index].probability
+        assert p.replaced_probability == pytest.approx(in_place, abs=1e-6)
+
+
+def test_text_and_json_outputs(detector, tokenizer):
+    text, index = swap_word(tokenizer, HELD_OUT, index=2)
+    detection = detect(detector, text, correct=True, top_k=2)
+    word = detection.words[index]
+    lines = format_text(detection).splitlines()
+    assert lines[0] == text[:word.start] + f'⟦{word.text}⟧({word.probability:.2f})' + text[word.end:]
+    assert lines[1].startswith(f'    {word.text} → {word.proposals[0].word} (')
+    parsed = json.loads(to_json(detection))
+    assert parsed['text'] == text and parsed['flagged'] == [index]
+    assert [w['word'] for w in parsed['words']] == [w.text for w in detection.words]
+    assert [p['word'] for p in parsed['words'][index]['proposals']] == [p.word for p in word.proposals]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Loading
+# ---------------------------------------------------------------------------------------------------------------
+def save_checkpoint(tokenizer, path, **build):
+    torch.manual_seed(0)
+    electra = build_electra('tiny', tokenizer, **build).eval()
+    torch.save(make_checkpoint(electra, tokenizer, {}, step=0, total_steps=1, with_rng=False), path)
+    return electra
+
+
+def test_a_checkpoint_without_a_discriminator_head_is_refused(tokenizer, tmp_path):
+    save_checkpoint(tokenizer, tmp_path / 'mlm.pth', objective='mlm')
+    with pytest.raises(UserError, match='--objective mlm, which has no discriminator head'):
+        load_detector(str(tmp_path / 'mlm.pth'))
+
+
+def test_a_checkpoint_or_folder_that_does_not_exist_is_refused(tmp_path):
+    for missing in (tmp_path / 'nope.pth', tmp_path / 'exported' / 'nope'):
+        with pytest.raises(UserError, match=f"--model '{missing}' does not exist; give --model latest"):
+            load_detector(str(missing))
+
+
+def test_a_tupe_checkpoint_detects_with_its_own_positions(tokenizer, tmp_path):
+    electra = save_checkpoint(tokenizer, tmp_path / 'tupe.pth', position='tupe-r')
+    detection = detect(load_detector(str(tmp_path / 'tupe.pth')), 'the chef ate the meal')
+    with torch.no_grad():
+        expected = torch.sigmoid(electra.discriminator(**tokenizer('the chef ate the meal', return_tensors='pt')
+                                                       ).logits[0, 1:-1])
+    assert [w.probability for w in detection.words] == pytest.approx(expected.tolist(), abs=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# detect.py and its notebook
+# ---------------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope='module')
+def saved(tokenizer, tmp_path_factory):
+    """A tiny untrained checkpoint and its Hugging Face export (discriminator/ and generator/)."""
+    root = tmp_path_factory.mktemp('detect')
+    save_checkpoint(tokenizer, root / 'tiny.pth')
+    export_huggingface(load_checkpoint(root / 'tiny.pth'), root / 'hf')
+    return root
+
+
+def run_detect(*args):
+    return subprocess.run([sys.executable, 'detect.py', *map(str, args)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600, env=ENV)
+
+
+def run_all(commands):
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        return list(pool.map(lambda args: run_detect(*args), commands))
+
+
+def test_detect_py_bad_input_is_one_line_on_stderr(saved):
+    cases = {
+        '--text is empty': ['--model', saved / 'tiny.pth', '--text', ''],
+        "--file '.*missing.txt' does not exist": ['--model', saved / 'tiny.pth', '--file', saved / 'missing.txt'],
+        'corrections need a generator': ['--model', saved / 'hf' / 'discriminator', '--correct'],
+    }
+    for (problem, _), res in zip(cases.items(), run_all(cases.values())):
+        lines = res.stderr.strip().splitlines()
+        assert res.returncode == 2 and len(lines) == 1, res.stderr[-2000:]
+        assert lines[0].startswith('error: ') and re.search(problem, lines[0]), lines[0]
+
+
+def test_detect_py_gives_the_same_jsonl_from_a_checkpoint_and_its_hugging_face_export(saved):
+    texts = 'the chef ate the meal | Unbelievably, the river ran dry.'
+    common = ['--text', texts, '--format', 'jsonl', '--threshold', '0', '--correct', '--top_k', '2']
+    from_checkpoint, from_folder = run_all([['--model', saved / 'tiny.pth', *common],
+                                            ['--model', saved / 'hf', *common]])
+    for res in (from_checkpoint, from_folder): assert res.returncode == 0, res.stderr[-2000:]
+    a, b = ([json.loads(line) for line in res.stdout.splitlines()] for res in (from_checkpoint, from_folder))
+    assert [d['text'] for d in a] == [d['text'] for d in b] == ['the chef ate the meal',
+                                                                'Unbelievably, the river ran dry.']
+    for da, db in zip(a, b):
+        assert [(w['word'], w['start'], w['end']) for w in da['words']] == \
+               [(w['word'], w['start'], w['end']) for w in db['words']]
+        assert [w['probability'] for w in da['words']] == pytest.approx([w['probability'] for w in db['words']],
+                                                                        abs=1e-5)
+        assert da['flagged'] == list(range(len(da['words'])))  # threshold 0: every word, with 2 proposals each
+        assert all(len(w['proposals']) == 2 for w in da['words'] + db['words'])
+
+
+def test_the_notebook_runs_and_draws(saved):
+    import nbformat
+    from nbclient import NotebookClient
+    nb = nbformat.read(str(ROOT / 'Detect_and_Correct.ipynb'), as_version=4)
+    os.environ['ELECTRA_ARGS'] = f"--model {saved / 'tiny.pth'} --correct"
+    try:
+        NotebookClient(nb, timeout=600, kernel_name='python3', resources={'metadata': {'path': str(ROOT)}}).execute()
+    finally:
+        os.environ.pop('ELECTRA_ARGS')
+    outputs = [o for c in nb.cells if c.cell_type == 'code' for o in c.get('outputs', [])]
+    text = '\n'.join(o.get('text', '') for o in outputs)
+    assert 'the swapped word' in text and '→' in text
+    assert sum('image/png' in o.get('data', {}) for o in outputs) == 2  # the texts and the worked example
