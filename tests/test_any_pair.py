@@ -128,7 +128,8 @@ def _pretrain(tmp_path, *args):
                           '--precision', 'fp32', '--device', 'cpu', '--logger', 'csv', '--log_every', '1',
                           '--warmup_steps', '1', '--lr', '1e-4', '--checkpoint_fractions', '1',
                           '--checkpoint_dir', str(tmp_path / 'ckpt'), '--log_dir', str(tmp_path / 'logs'), *args],
-                         cwd=ROOT, capture_output=True, text=True, timeout=600, env={**os.environ, 'OMP_NUM_THREADS': '1'})
+                         cwd=ROOT, capture_output=True, text=True, timeout=600,
+                         env={**os.environ, 'OMP_NUM_THREADS': '1'})
     assert res.returncode == 0, res.stderr[-3000:]
     return res.stdout
 
