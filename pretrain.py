@@ -43,6 +43,8 @@ install_excepthook()  # in the script, bad input gives one clear line instead of
 # `--objective` switches to the comparisons of the paper's Table 5 (`electra-15`, `replace-mlm`, `mlm` for BERT);
 # `python bench/learning.py` pretrains them at equal compute and finetunes each on GLUE. `--position tupe-r`
 # (or `tupe-a`) puts TUPE's positional attention in place of the position embeddings (RECIPE.md, "TUPE").
+# `--tokenizer train` trains a WordPiece vocabulary on the corpus (another language, say); `--init_from`
+# continues Hugging Face ELECTRA models; `--pair file.py:function` trains a generator and discriminator of your own.
 
 @dataclass
 class MyConfig(Config):
