@@ -35,10 +35,10 @@ def test_the_readme_plain_torch_pair_trains_with_falling_generator_loss():
     assert not any('transformers' in type(m).__module__ for m in electra.modules())
     from fastai.callback.core import Callback
 
-    class Losses(Callback):
+    class RecordMlmLoss(Callback):
         def after_batch(self): seen.append(self.learn.pred.mlm_loss.item())
     seen = []
-    learn.add_cb(Losses())
+    learn.add_cb(RecordMlmLoss())
     with learn.no_bar(): learn.fit(1)
     assert len(seen) == 40
     first, last = sum(seen[:5]) / 5, sum(seen[-5:]) / 5
