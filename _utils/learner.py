@@ -1,5 +1,6 @@
 """Where and how a model trains: seeding, the device, the precision, several processes, and the one fastai Learner
 that pretraining and finetuning both build (the loop, its callbacks and the optimizer they are given)."""
+import atexit
 import contextlib
 import os
 import random
@@ -97,7 +98,16 @@ def init_distributed():
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group('nccl' if device is not None else 'gloo')
+        atexit.register(_leave_process_group)
     return rank, world_size, device
+
+
+def _leave_process_group():
+    """At exit, stop the process group's threads while Python still runs: left to the C++ destructors, gloo's
+    threads were destroyed still running now and then, and the rank died with SIGABRT ("terminate called without an
+    active exception") after its work was done."""
+    import torch.distributed as dist
+    if dist.is_initialized(): dist.destroy_process_group()
 
 
 def build_learner(model, train_dl, loss_func, opt, *, lr, total_steps, warmup_steps, clip, precision, device,

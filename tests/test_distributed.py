@@ -21,7 +21,7 @@ def free_port():
 
 
 def torchrun(out, *args):
-    env = {**os.environ, 'OMP_NUM_THREADS': '1'}
+    env = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONFAULTHANDLER': '1'}  # a crashing rank shows where
     res = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2',
                           '--master_addr', '127.0.0.1', '--master_port', str(free_port()),
                           str(ROOT / 'tests' / 'ddp_worker.py'), str(out), *args],
@@ -70,7 +70,7 @@ def test_a_nonfinite_loss_on_one_rank_stops_both_at_the_same_step_before_the_upd
 
 def test_the_readme_accelerate_command_runs_pretrain_py_in_two_processes(tmp_path):
     pytest.importorskip('accelerate')
-    env = {**os.environ, 'OMP_NUM_THREADS': '1'}
+    env = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONFAULTHANDLER': '1'}  # a crashing rank shows where
     # An empty data cache, as on a fresh clone: one process builds it while the other waits for the lock, before the
     # process group starts (both building it at once, or one building it while gloo ran, crashed a rank at times)
     res = subprocess.run([sys.executable, '-m', 'accelerate.commands.launch', '--multi_gpu', '--num_processes', '2',
