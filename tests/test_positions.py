@@ -206,3 +206,11 @@ def test_pretrain_py_tupe_r_resumes_finetunes_with_a_search_and_refuses_export(t
     assert 'Learning-rate search' in out and (tmp_path / 'out' / 's' / 'RTE.tsv').is_file()
     out = _run('finetune.py', *ft, '--resume')                               # every run done: nothing trained again
     assert out.count('already finished') == 2 and 'epoch 1:' not in out
+
+
+def test_finetune_py_tupe_preset_is_tupes_protocol():
+    """RECIPE.md, "TUPE": lr in {2,3,4,5}e-5, 5 runs per rate, 10 epochs (5 for MNLI, QNLI, QQP), warmup 6%."""
+    out = _run('finetune.py', '--help')
+    line = next(row for row in out.splitlines() if row.strip().startswith('tupe '))
+    assert line.split(None, 1)[1] == ('lrs=2e-5,3e-5,4e-5,5e-5, n_runs=5, epochs=10, large_task_epochs=5, '
+                                      'warmup_fraction=0.06')
