@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from .electra import DETECTION_OBJECTIVES
-from .errors import UserError
+from .errors import UserError, first_line
 from .files import PROJECT_DIR, safe_load
 from .positions import check_exportable, position_of
 
@@ -174,7 +174,7 @@ def import_huggingface(source):
         try:
             models.append(cls.from_pretrained(part, attn_implementation='sdpa'))
         except Exception as e:  # not ELECTRA, no network, no such id: one line
-            raise UserError(f"--init_from: cannot load '{part}' as {cls.__name__} ({str(e).splitlines()[0][:200]})")
+            raise UserError(f"--init_from: cannot load '{part}' as {cls.__name__} ({first_line(e)[:200]})") from None
     gen, disc = models
     if gen.config.embedding_size != disc.config.embedding_size or gen.config.vocab_size != disc.config.vocab_size:
         raise UserError(f'--init_from: the generator\'s embeddings ({gen.config.vocab_size} x '

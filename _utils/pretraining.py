@@ -18,14 +18,13 @@ def build_electra(size, tokenizer, mask_prob=MASK_PROB, max_length=128, attn_imp
     default), your own from `pair` ('file.py:function', see `electra.pair_from_function`), or `init_from`, a
     (generator, discriminator) pair already loaded (`checkpoint.import_huggingface`)."""
     vocab_size = len(tokenizer)
+    if (pair or init_from is not None) and (objective != 'electra' or position != 'absolute'):
+        raise UserError(f"{'--pair' if pair else '--init_from'} trains the models as they are with the electra "
+                        'objective; drop --objective / --position')
     if pair:
-        if objective != 'electra' or position != 'absolute':
-            raise UserError('--pair trains your own models with the electra objective; drop --objective / --position')
         generator, discriminator = pair_from_function(pair, vocab_size, max_length)
     elif init_from is not None:
         generator, discriminator = init_from
-        if objective != 'electra' or position != 'absolute':
-            raise UserError('--init_from continues Hugging Face ELECTRA models: drop --objective / --position')
         if discriminator.config.vocab_size != vocab_size:
             raise UserError(f'--init_from: the models have {discriminator.config.vocab_size:,} tokens, the tokenizer '
                             f'{vocab_size:,}; use the tokenizer saved with the models')
