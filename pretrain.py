@@ -20,7 +20,7 @@ warnings.filterwarnings('ignore', message='.*torch.jit.script.*is deprecated')  
 
 from _utils.callbacks import Checkpointer, GracefulStop, NonFiniteLoss
 from _utils.checkpoint import (find_checkpoint, import_huggingface, load_checkpoint, load_weights, make_checkpoint,
-                               restore_training_state, tokenizer_from_checkpoint)
+                               own_pair_named, restore_training_state, tokenizer_from_checkpoint)
 from _utils.config import Config, option
 from _utils.electra import MASK_PROB, OBJECTIVES, SIZES, step_metrics
 from _utils.errors import ensure_writable, install_excepthook
@@ -147,6 +147,7 @@ if cfg.resume:  # the saved run's settings, plus whatever the command line sets
     resume_from = load_checkpoint(find_checkpoint(cfg.resume, project_path(cfg.checkpoint_dir),
                                                   cfg.run_name if 'run_name' in cfg.given else None))
     cfg = MyConfig.from_saved(resume_from['config'], {**cfg.given, 'resume': cfg.resume})
+    own_pair_named(resume_from, cfg.given.get('pair'))  # a pair of your own is rebuilt only when you name it again
 if int(os.environ.get("RANK", 0)) == 0: print(cfg)
 
 

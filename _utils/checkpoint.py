@@ -99,15 +99,17 @@ def checkpoint_position(ckpt):
     return (ckpt['discriminator_config'] or {}).get('position', 'absolute')
 
 
-def models_from_checkpoint(ckpt):
+def models_from_checkpoint(ckpt, pair=''):
     """(generator, discriminator) with the checkpoint's weights, embeddings shared as in training. With an MLM
     objective the discriminator's place holds the MLM model, and `mlm` has no generator (None). A pair of your own
-    (`--pair`) is rebuilt by its function."""
+    (`--pair`) is rebuilt only by the function the caller names in `pair` (see `own_pair_named`): the spec recorded in
+    the file is never imported."""
     from transformers import ElectraConfig
 
     from .electra import models_for, pair_from_function
-    if ckpt.get('pair'):
-        gen, disc = pair_from_function(ckpt['pair'], len(tokenizer_from_checkpoint(ckpt)), ckpt['config']['max_length'])
+    if recorded_pair(ckpt):
+        spec = own_pair_named(ckpt, pair)
+        gen, disc = pair_from_function(spec, len(tokenizer_from_checkpoint(ckpt)), ckpt['config']['max_length'])
         disc.load_state_dict(ckpt['discriminator'])
         gen.load_state_dict(ckpt['generator'])
         return gen, disc
@@ -142,10 +144,40 @@ def export_huggingface(ckpt, out_dir):
     return out_dir
 
 
+def own_pair_named(ckpt, named):
+    """The `--pair` to rebuild a checkpoint's models with: `named`, the one the user gave, checked against the one the
+    checkpoint records (same file or module name, same function). Loading never imports or calls what a file names:
+    a checkpoint is tensors and plain values, and a pair of your own is code only you can vouch for."""
+    recorded, named = recorded_pair(ckpt), named or ''
+    if not recorded:
+        if named: raise UserError(f"--pair {named}: the checkpoint holds Hugging Face ELECTRA models, not a pair of "
+                                  "your own; leave out --pair")
+        return ''
+    if not named:
+        raise UserError(f"the checkpoint holds your own pair ({recorded}); loading never runs code that a file names: "
+                        f"give --pair {recorded} on the command line to rebuild it")
+    if _pair_key(named) != _pair_key(recorded):
+        raise UserError(f"--pair {named} is not the pair the checkpoint was trained with ({recorded}); give that "
+                        "file and function")
+    return named
+
+
+def recorded_pair(ckpt):
+    """The `--pair` a checkpoint says it was trained with ('' for Hugging Face ELECTRA models): its own field, or the
+    run's settings, which name it too."""
+    return ckpt.get('pair') or (ckpt.get('config') or {}).get('pair') or ''
+
+
+def _pair_key(spec):
+    """'dir/file.py:make' and 'file.py:make' name the same pair; so do 'pkg.mod:make' and 'mod.py:make'."""
+    where, _, name = spec.rpartition(':')
+    return Path(where).stem if where.endswith('.py') else where.rpartition('.')[2], name
+
+
 def check_own_pair(ckpt, what):
     """Refuse, in one line, what only Hugging Face ELECTRA models can do with a checkpoint of a --pair of your own."""
-    if ckpt.get('pair'):
-        raise UserError(f"the checkpoint holds your own pair ({ckpt['pair']}), which cannot be {what}; its state "
+    if recorded := recorded_pair(ckpt):
+        raise UserError(f"the checkpoint holds your own pair ({recorded}), which cannot be {what}; its state "
                         "dicts are ckpt['generator'] and ckpt['discriminator'] for your own code")
 
 

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import (CHECKPOINT_DIR, load_checkpoint, models_from_checkpoint, newest_checkpoint, objective_of,
-                         tokenizer_from_checkpoint)
+from .checkpoint import (CHECKPOINT_DIR, check_own_pair, load_checkpoint, models_from_checkpoint, newest_checkpoint,
+                         objective_of, tokenizer_from_checkpoint)
 from .electra import DETECTION_OBJECTIVES
 from .errors import UserError, first_line
 from .positions import position_of
@@ -132,6 +132,7 @@ def load_detector(model='latest', generator='', device='cpu', checkpoint_dir=CHE
 
 def _from_checkpoint(path):
     ckpt = load_checkpoint(path)
+    check_own_pair(ckpt, 'used for detection, which needs Hugging Face ELECTRA models')
     objective = objective_of(ckpt)
     if objective not in DETECTION_OBJECTIVES:
         raise UserError(f"checkpoint '{path}' was pretrained with --objective {objective}, which has no discriminator "

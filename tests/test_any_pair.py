@@ -70,7 +70,7 @@ def test_a_pair_of_your_own_checkpoints_and_is_refused_where_only_hf_fits(tokeni
     assert out.disc_logits.shape == (2, 32) and out.mlm_logits.shape[-1] == len(tokenizer)
     ckpt = make_checkpoint(electra, tokenizer, {'max_length': 32, 'pair': spec}, 1, 1, with_rng=False)
     assert ckpt['pair'] == spec and ckpt['discriminator_config'] is None
-    gen, disc = models_from_checkpoint(ckpt)
+    gen, disc = models_from_checkpoint(ckpt, pair=spec)
     mask = torch.ones_like(ids)
     torch.testing.assert_close(disc(ids, mask), electra.discriminator(ids, mask))
     torch.save(ckpt, tmp_path / 'own.pth')
@@ -139,7 +139,7 @@ def test_pretrain_py_trains_a_pair_of_your_own_and_resumes_it(tmp_path):
     spec = f"{tmp_path / 'mine.py'}:make_pair"
     out = _pretrain(tmp_path, '--pair', spec, '--run_name', 'own', '--max_steps', '3', '--save_every', '2')
     assert f'your own pair ({spec})' in out
-    out = _pretrain(tmp_path, '--resume', str(tmp_path / 'ckpt' / 'own_seed0_step2.pth'))
+    out = _pretrain(tmp_path, '--resume', str(tmp_path / 'ckpt' / 'own_seed0_step2.pth'), '--pair', spec)
     assert 'from step 2' in out and 'your own pair' in out
     assert load_checkpoint(tmp_path / 'ckpt' / 'own_seed0_100pct.pth')['step'] == 3
 
