@@ -42,7 +42,8 @@ install_excepthook()  # in the script, bad input gives one clear line instead of
 # overridden from the command line, e.g. `python pretrain.py --size small --max_steps 2000`; `--help` lists them.
 # `--objective` switches to the comparisons of the paper's Table 5 (`electra-15`, `replace-mlm`, `mlm` for BERT);
 # `python bench/learning.py` pretrains them at equal compute and finetunes each on GLUE. `--position tupe-r`
-# (or `tupe-a`) puts TUPE's positional attention in place of the position embeddings (RECIPE.md, "TUPE").
+# (or `tupe-a`) puts TUPE's positional attention in place of the position embeddings (RECIPE.md, "TUPE"), `rope`
+# rotary position embeddings.
 # `--tokenizer train` trains a WordPiece vocabulary on the corpus (another language, say); `--init_from`
 # continues Hugging Face ELECTRA models; `--pair file.py:function` trains a generator and discriminator of your own.
 
@@ -77,8 +78,8 @@ class MyConfig(Config):
                             "'electra-15' (discriminator loss on masked tokens only), 'replace-mlm' (MLM on generator "
                             "samples), 'mlm' (BERT)", choices=list(OBJECTIVES))
     position: str = option('absolute', "where a token is: 'absolute' (the paper's position embeddings), 'tupe-a' "
-                           "(TUPE's untied positional attention) or 'tupe-r' (TUPE-A + relative-position bias)",
-                           choices=list(POSITIONS))
+                           "(TUPE's untied positional attention), 'tupe-r' (TUPE-A + relative-position bias) or "
+                           "'rope' (rotary: queries and keys turned by their position)", choices=list(POSITIONS))
     pair: str = option('', "your own generator and discriminator: 'file.py:function' or 'module:function', called as "
                        'function(vocab_size, max_length) -> (generator, discriminator) (README); empty: ELECTRA')
     init_from: str = option('', 'continue pretraining Hugging Face ELECTRA models: a folder holding generator/ and '

@@ -1,4 +1,5 @@
-"""Where a token is: the paper's absolute position embeddings, or TUPE's untied positional attention.
+"""Where a token is: the paper's absolute position embeddings, TUPE's untied positional attention, or rotary
+position embeddings (RoPE).
 
 RECIPE.md, "TUPE" (Ke, He and Liu, ICLR 2021, "Rethinking Positional Encoding in Language Pre-training"):
 
@@ -9,12 +10,18 @@ RECIPE.md, "TUPE" (Ke, He and Liu, ICLR 2021, "Rethinking Positional Encoding in
               every position), per head
     tupe-r    tupe-a plus a T5-style bucketed relative-position bias (per head, shared by the layers)
 
+    rope      RoFormer's rotary position embeddings (Su et al. 2021; ModernBERT's encoders use them): nothing added
+              to the input; in every layer each query and key is rotated by its position, dimension pair k
+              (k, k + d/2) by the angle position * 10000^(-2k/d), so a score depends on the two tokens and i - j only
+
 A TUPE model is a Hugging Face ELECTRA model with three changes made in place by `use_positions`: the embeddings
 skip the position embedding (whose table now holds the p_i; generator and discriminator share it, as they share the
 absolute one), the self-attention scale becomes 1/sqrt(2d), and the model gets a `positional` module whose
 (heads, L, L) logits go, with the padding, into the additive attention mask that every layer adds to its scores.
 So the attention kernels stay the fast ones (SDPA takes an additive mask and a scale). The option is recorded in
 the model's config (`config.position`), so whatever rebuilds a model from its config gets the same positions.
+A rope model is one with the same embeddings (no position added; it has no position table) whose query and key
+projections rotate their outputs (`RotaryLinear`): the attention kernels and the mask are Hugging Face's own.
 """
 import math
 
@@ -28,7 +35,9 @@ POSITIONS = {
     'absolute': "the paper's: a learned position embedding added to the input",
     'tupe-a': 'TUPE: untied positional attention, shared by the layers, [CLS] untied',
     'tupe-r': 'TUPE-R: tupe-a plus a T5-style bucketed relative-position bias',
+    'rope': 'RoPE: queries and keys rotated by their position in every layer (RoFormer, ModernBERT)',
 }
+ROPE_BASE = 10_000  # RoFormer's: pair k turns at position * 10000^(-2k/d)
 RELATIVE_BUCKETS, RELATIVE_MAX_DISTANCE = 32, 128  # T5's (and TUPE-R's): 16 buckets each way, log-spaced to 128
 
 
@@ -48,6 +57,7 @@ def set_position(config, position):
     config.position = check_position(position)
     if position == 'tupe-r':
         config.relative_buckets, config.relative_max_distance = RELATIVE_BUCKETS, RELATIVE_MAX_DISTANCE
+    if position == 'rope': config.rope_base = ROPE_BASE
     return config
 
 
@@ -111,6 +121,34 @@ def untie_cls(logits, cls_to, cls_from):
     return torch.where(col, cls_from.view(-1, 1, 1).to(logits.dtype), logits)
 
 
+def rotary_angles(length, head_size, base=ROPE_BASE, device=None):
+    """(cos, sin), each (length, head_size): position i's angle for dimension pair k (k, k + d/2) is
+    i * base^(-2k/d), written into both dimensions of the pair."""
+    inverse_wavelength = base ** -(torch.arange(0, head_size, 2, device=device, dtype=torch.float32) / head_size)
+    angles = torch.outer(torch.arange(length, device=device, dtype=torch.float32), inverse_wavelength)  # (L, d/2)
+    angles = torch.cat((angles, angles), -1)                                                             # (L, d)
+    return angles.cos(), angles.sin()
+
+
+def rotate(x, cos, sin):
+    """x (B, L, heads, d) with each position's dimension pairs (k, k + d/2) turned by its angle."""
+    first, second = x.chunk(2, -1)
+    turned = torch.cat((-second, first), -1)                  # (x_k, x_k+d/2) -> (-x_k+d/2, x_k)
+    return x * cos[:, None].to(x.dtype) + turned * sin[:, None].to(x.dtype)
+
+
+class RotaryLinear(nn.Linear):
+    """An attention layer's query or key projection whose output is rotated by position (RoPE): a plain `nn.Linear`
+    (same parameters) turned into one by `use_positions`. Positions are 0..L-1 along the sequence (dim 1)."""
+    head_size: int
+    base: float
+
+    def forward(self, x):
+        y = super().forward(x).unflatten(-1, (-1, self.head_size))                   # (B, L, heads, d)
+        cos, sin = rotary_angles(y.size(1), self.head_size, self.base, y.device)     # (L, d)
+        return rotate(y, cos, sin).flatten(-2)                                        # (B, L, heads * d)
+
+
 class UntiedEmbeddings(ElectraEmbeddings):
     """Hugging Face's ELECTRA embeddings without the position embedding in the sum: word + token type, LayerNorm,
     dropout. The position table stays (same name and shape) for the positional attention to read."""
@@ -159,6 +197,14 @@ def use_positions(model):
     position = check_position(position_of(body.config))
     if position == 'absolute': return model
     if type(body.embeddings) is ElectraEmbeddings: body.embeddings.__class__ = UntiedEmbeddings
+    if position == 'rope':
+        if hasattr(body.embeddings, 'position_embeddings'): del body.embeddings.position_embeddings  # unused
+        for layer in body.encoder.layer:
+            attention = layer.attention.self
+            for projection in (attention.query, attention.key):
+                projection.__class__ = RotaryLinear
+                projection.head_size, projection.base = attention.attention_head_size, body.config.rope_base
+        return model
     if type(body) is ElectraModel:
         body.__class__ = TupeElectraModel
         body.positional = PositionalAttention(body.config).to(body.embeddings.word_embeddings.weight.device)
@@ -173,5 +219,5 @@ def check_exportable(config):
     position = position_of(config)
     if position != 'absolute':
         raise UserError(f"a --position {position} model cannot be exported to the Hugging Face format: its ELECTRA "
-                        "classes have no TUPE attention (the model would load and compute something else); finetune "
-                        "and detect with this project's checkpoint instead")
+                        "classes compute absolute positions only (the model would load and compute something else); "
+                        "finetune and detect with this project's checkpoint instead")

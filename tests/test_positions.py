@@ -1,6 +1,7 @@
-"""TUPE positions (`--position`, `_utils/positions.py`): the relative buckets, the untied [CLS], that tupe-a's input
+"""Positions (`--position`, `_utils/positions.py`): TUPE's relative buckets, the untied [CLS], that tupe-a's input
 carries no position and position ids act only through the positional term, that `absolute` is today's model, that
-checkpoints keep their option, the Hugging Face export refuses TUPE, and finetune.py's learning-rate search."""
+checkpoints keep their option, the Hugging Face export refuses TUPE, and finetune.py's learning-rate search; RoPE
+against RoFormer's formula, its relative property, its checkpoints and refusals."""
 import csv
 import math
 import os
@@ -143,9 +144,87 @@ def test_a_finetuned_tupe_model_reloads_as_tupe(tokenizer, tmp_path):
 
 
 def test_unknown_position_is_one_line():
-    with pytest.raises(UserError, match="unknown position 'tupe'; options: absolute, tupe-a, tupe-r"):
+    with pytest.raises(UserError, match="unknown position 'tupe'; options: absolute, tupe-a, tupe-r, rope"):
         electra_configs('tiny', position='tupe')
-    assert list(POSITIONS) == ['absolute', 'tupe-a', 'tupe-r']
+    assert list(POSITIONS) == ['absolute', 'tupe-a', 'tupe-r', 'rope']
+
+
+def roformer_rotation(x, position, base=10_000):
+    """RoFormer's formula written out: dimension pair k (x_k, x_k+d/2) as the complex number x_k + i x_k+d/2, times
+    e^(i * position * theta_k), theta_k = base^(-2k/d)."""
+    d = x.numel()
+    theta = base ** (-2 * torch.arange(d // 2, dtype=torch.float64) / d)
+    z = torch.complex(x[:d // 2].double(), x[d // 2:].double()) * torch.exp(1j * position * theta)
+    return torch.cat((z.real, z.imag)).float()
+
+
+def test_rope_rotates_queries_and_keys_as_roformer_writes_it():
+    _, disc = tiny('rope')
+    attention = disc.electra.encoder.layer[1].attention.self
+    d = attention.attention_head_size
+    hidden = torch.randn(1, 12, disc.config.hidden_size)
+    with torch.no_grad():
+        for projection in (attention.query, attention.key):
+            rotated = projection(hidden).view(12, -1, d)                                # (L, heads, d)
+            plain = torch.nn.functional.linear(hidden, projection.weight, projection.bias).view(12, -1, d)
+            for i in (0, 1, 5, 11):
+                for h in range(plain.size(1)):
+                    torch.testing.assert_close(rotated[i, h], roformer_rotation(plain[i, h], i), rtol=1e-5, atol=1e-5)
+    assert attention.value.__class__ is torch.nn.Linear and attention.scaling == pytest.approx(d ** -0.5)
+
+
+def test_rope_scores_depend_only_on_the_distance():
+    """The relative property: a query at i and a key at j score the same as at i + s and j + s."""
+    _, disc = tiny('rope')
+    attention = disc.electra.encoder.layer[0].attention.self
+    d, L = attention.attention_head_size, 40
+    a, b = torch.randn(disc.config.hidden_size), torch.randn(disc.config.hidden_size)
+    with torch.no_grad():
+        q = attention.query(a.expand(1, L, -1))[0].view(L, -1, d)                       # a at every position
+        k = attention.key(b.expand(1, L, -1))[0].view(L, -1, d)                         # b at every position
+        scores = torch.einsum('ihd,jhd->hij', q, k)                                     # (heads, L, L)
+    for i, j in ((3, 7), (10, 2), (20, 20)):
+        for shift in (1, 9, 19):
+            torch.testing.assert_close(scores[:, i + shift, j + shift], scores[:, i, j], rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(scores[:, 3, 7], scores[:, 3, 9], atol=1e-3)            # the distance does matter
+
+
+def test_rope_has_no_position_table_and_positions_matter():
+    gen, disc = tiny('rope')
+    assert not [n for n, _ in disc.named_parameters() if 'position' in n]              # nothing unused to train
+    assert gen.electra.embeddings is disc.electra.embeddings
+    ids = ids_batch()
+    with torch.no_grad():
+        hidden = disc.electra(ids).last_hidden_state
+        swapped = ids.clone()
+        swapped[:, [4, 9]] = ids[:, [9, 4]]
+        again = disc.electra(swapped).last_hidden_state
+    assert not torch.allclose(hidden[:, 4], again[:, 9], atol=1e-4)  # the same word elsewhere reads differently
+
+
+def test_a_rope_checkpoint_rebuilds_as_rope_refuses_others_and_export(tokenizer, tmp_path):
+    torch.manual_seed(0)
+    electra = build_electra('tiny', tokenizer, max_length=32, position='rope').eval()
+    ckpt = make_checkpoint(electra, tokenizer, {'position': 'rope'}, 1, 1, with_rng=False)
+    _, disc = models_from_checkpoint(ckpt)
+    ids = ids_batch()
+    with torch.no_grad():
+        torch.testing.assert_close(disc.eval()(ids).logits, electra.discriminator(ids).logits, rtol=0, atol=0)
+    with pytest.raises(UserError, match='trained with --position rope, this model has tupe-r; use --position rope'):
+        load_weights(build_electra('tiny', tokenizer, max_length=32, position='tupe-r'), ckpt)
+    with pytest.raises(UserError, match='trained with --position absolute.*use --position absolute'):
+        load_weights(build_electra('tiny', tokenizer, max_length=32, position='rope'),
+                     make_checkpoint(build_electra('tiny', tokenizer, max_length=32), tokenizer, {}, 1, 1,
+                                     with_rng=False))
+    with pytest.raises(UserError, match='--position rope model cannot be exported') as e:
+        export_huggingface(ckpt, tmp_path / 'hf')
+    assert '\n' not in str(e.value) and not (tmp_path / 'hf').exists()
+    pretrained = Pretrained(disc.electra, tokenizer, 'rope', 'test')                    # finetuned, saved, reloaded
+    model = build_classifier(pretrained, 'RTE').eval()
+    save_finetuned(RunResult('RTE', 0, 0, [dict(epoch=1, score=50.0)], state_dict=model.state_dict()), pretrained,
+                   tmp_path / 'rte.pth')
+    with torch.no_grad():
+        torch.testing.assert_close(load_finetuned(tmp_path / 'rte.pth')[0].eval()(ids), model(ids))
 
 
 def _runs(task, lr_scores):
@@ -214,3 +293,14 @@ def test_finetune_py_tupe_preset_is_tupes_protocol():
     line = next(row for row in out.splitlines() if row.strip().startswith('tupe '))
     assert line.split(None, 1)[1] == ('lrs=2e-5,3e-5,4e-5,5e-5, n_runs=5, epochs=10, large_task_epochs=5, '
                                       'warmup_fraction=0.06')
+
+
+def test_pretrain_py_rope_trains_and_resumes_as_rope(tmp_path):
+    common = ['--checkpoint_dir', str(tmp_path / 'ckpt'), '--log_dir', str(tmp_path / 'logs'),
+              '--checkpoint_fractions', '1']
+    out = _run('pretrain.py', '--size', 'tiny', '--batch_size', '4', '--max_length', '32', '--precision', 'fp32',
+               '--device', 'cpu', '--logger', 'csv', '--log_every', '1', '--warmup_steps', '1', '--run_name', 'r',
+               '--max_steps', '3', '--save_every', '2', '--position', 'rope', *common)
+    assert 'positions rope' in out
+    out = _run('pretrain.py', '--resume', str(tmp_path / 'ckpt' / 'r_seed0_step2.pth'), '--max_steps', '4', *common)
+    assert 'from step 2' in out and 'positions rope' in out
