@@ -30,7 +30,7 @@ from _utils.learner import (init_distributed, one_process_at_a_time, pick_device
 from _utils.loggers import LOGGERS, MetricsLogger, parse_loggers
 from _utils.positions import POSITIONS
 from _utils.pretraining import (COMPILE_MODES, build_electra, describe_models, last_batch_auc, pick_compile,
-                                pretraining_learner, step_dataloader)
+                                pretraining_learner, split_held_out, step_dataloader)
 from _utils.text import load_tokenizer, pretraining_examples, train_tokenizer
 
 install_excepthook()  # in the script, bad input gives one clear line instead of a traceback
@@ -106,6 +106,8 @@ class MyConfig(Config):
     skip_nonfinite: bool = option(False, 'skip steps whose loss is nan/inf instead of stopping the run')
     num_workers: int = option(-1, 'data loader worker processes; -1: none on CPU, 4 on GPU')
     num_proc: int = option(0, 'processes that tokenize the corpus; 0: one per core')
+    held_out: int = option(256, 'examples of the corpus set aside, never trained on, to measure the discriminator '
+                           'and the generator on at the end (at most a tenth of the corpus; 0: none)')
 
     PRESETS = {
         'demo': dict(size='tiny', corpus='bundled', max_steps=800, batch_size=16, lr=5e-4, warmup_steps=100),
@@ -183,7 +185,9 @@ with one_process_at_a_time(project_path(cfg.data_cache) / '.build.lock', world_s
               f'{log_dir / "tokenizer"}')
     examples = pretraining_examples(cfg.corpus, tokenizer, cfg.max_length, seed=cfg.seed,
                                     num_proc=cfg.num_proc or None, cache_root=project_path(cfg.data_cache))
-print(f'{len(examples):,} examples of up to {cfg.max_length} tokens; vocabulary {len(tokenizer):,}')
+held_out, examples = split_held_out(examples, cfg.held_out)  # the corpus's last examples: never trained on
+print(f'{len(examples):,} examples of up to {cfg.max_length} tokens (+ {len(held_out):,} held out); vocabulary '
+      f'{len(tokenizer):,}')
 
 
 # ## 3. The generator and the discriminator
@@ -252,15 +256,18 @@ if getattr(learn, 'stop_reason', None): raise SystemExit(f'Stopped: {learn.stop_
 # The generator's MLM loss should fall well below its start and its accuracy rise; the discriminator's loss should
 # fall below the loss of a guesser that always says "original" (the entropy of the replaced-token rate), and its
 # AUC tells how well it ranks replaced tokens above original ones: "learned" from 0.80, "learning" from 0.60, "not
-# yet learning" below. Logged values are averages over the steps since the previous log (the AUC: the last batch).
+# yet learning" below. Logged values are averages over the steps since the previous log (the AUC: the last batch);
+# the verdict reads the AUC and the generator's accuracy measured at the end on the held-out examples (`--held_out`),
+# text the models never trained on.
 # At the demo's budget the generator learns but the discriminator does not yet (AUC near 0.5): once the generator
 # knows word frequencies, its replacements are frequent words that only context gives away, and a tiny model learns
 # context slowly (`bench/RESULTS.md`, "can the demo's discriminator learn"; measure it with
 # `bench/probe_discriminator.py`).
 
-from _utils.pretraining import learning_summary
+from _utils.pretraining import held_out_metrics, learning_summary
 if rank == 0:
-    print(learning_summary(metrics.history))
+    measured = held_out_metrics(electra, held_out, precision=precision) if len(held_out) else None
+    print(learning_summary(metrics.history, measured, len(held_out)))
     print(f'Checkpoints: {", ".join(str(p) for p in checkpointer.saved) or "none"}')
     print(f'Logs: {log_dir}/ (metrics.csv; TensorBoard: `tensorboard --logdir {log_dir.parent}`)')
 

@@ -130,6 +130,46 @@ def last_batch_auc(out):
     return {'disc_auc': float(roc_auc_score(labels, scores)) if 0 < labels.sum() < len(labels) else float('nan')}
 
 
+def split_held_out(examples, n):
+    """(held_out, train): the last `n` examples (at most a tenth of them), then the rest. The examples follow the
+    corpus's order, so the held-out ones come from its last documents."""
+    n = min(n, len(examples) // 10)
+    return examples.select(range(len(examples) - n, len(examples))), examples.select(range(len(examples) - n))
+
+
+@torch.no_grad()
+def held_out_metrics(electra, examples, batch_size=64, seed=123, precision='fp32'):
+    """The step's own task on examples never trained on, dropout off, with fixed masking and sampling (`seed`; the
+    caller's random state is left as it was): the discriminator's ROC AUC at telling the generator's replacements
+    from the original tokens (`disc_auc`) and the generator's accuracy at the masked slots (`gen_acc`); with an MLM
+    objective the model's accuracy (`model_acc`)."""
+    from sklearn.metrics import roc_auc_score
+    device = next(electra.parameters()).device
+    was_training = electra.training
+    electra.eval()
+    labels, scores, hits, slots = [], [], 0.0, 0.0
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == 'bf16')
+    with torch.random.fork_rng(devices=[device] if device.type == 'cuda' else []), autocast:
+        torch.manual_seed(seed)
+        for i in range(0, len(examples), batch_size):
+            rows = examples[i:i + batch_size]
+            # forward itself, not the compiled call: a run compiled for training need not compile again for this
+            out = electra.forward(rows['input_ids'].long().to(device), rows['token_type_ids'].long().to(device))
+            logits = out.mlm_logits if out.mlm_logits is not None else out.model_logits
+            hits += float(((logits.argmax(-1) == out.masked_ids).float() * out.masked_weight).sum())
+            slots += float(out.masked_weight.sum())
+            if out.disc_logits is not None:
+                real = out.attention_mask.bool()
+                labels.append(out.is_replaced[real].cpu())
+                scores.append(out.disc_logits[real].float().cpu())
+    electra.train(was_training)
+    metrics = {'gen_acc' if electra.generator is not None else 'model_acc': hits / max(slots, 1)}
+    if labels:
+        labels, scores = torch.cat(labels).numpy(), torch.cat(scores).numpy()
+        metrics['disc_auc'] = float(roc_auc_score(labels, scores)) if 0 < labels.sum() < len(labels) else float('nan')
+    return metrics
+
+
 def pretraining_learner(electra, train_dl, *, lr, total_steps, warmup_steps, weight_decay=0.01, adam_eps=1e-6,
                         adam_betas=(0.9, 0.999), clip=1.0, precision='bf16', device=torch.device('cpu'),
                         generator_weight=1.0, discriminator_weight=50.0, start_step=0, extra_cbs=(), rank=0,
@@ -169,10 +209,11 @@ class CudaGraphSteps(Callback):
 AUC_LEARNED, AUC_LEARNING = 0.80, 0.60  # "did it learn?": the discriminator's AUC on the last logged batch
 
 
-def learning_summary(history):
+def learning_summary(history, held_out=None, n_held_out=0):
     """Did it learn? The generator's (or, with an MLM objective, the model's) MLM loss and accuracy from the first
     logged step to the last, and the discriminator's loss against the majority-class baseline and its AUC, with a
-    plain verdict: "learned" at AUC >= 0.80, "learning" at >= 0.60, "not yet" below."""
+    plain verdict: "learned" at AUC >= 0.80, "learning" at >= 0.60, "not yet" below. `held_out`
+    (`held_out_metrics` on `n_held_out` examples never trained on), when given, is what the verdict reads."""
     if len(history) < 2: return 'Too few logged steps to judge learning.'
     first, last = history[0], history[-1]
     lines = []
@@ -182,13 +223,20 @@ def learning_summary(history):
         lines.append(f"{who} MLM loss {first[loss]:.3f} (step {first['step']}) -> {last[loss]:.3f} "
                      f"(step {last['step']}): {drop:.0%} lower; accuracy {first[acc]:.3f} -> {last[acc]:.3f}"
                      + ('' if last[acc] > first[acc] else ' (not rising)'))
+    if held_out:
+        lines.append(f'On {n_held_out:,} held-out examples (never trained on): ' + ', '.join(
+            f'{name} {held_out[key]:.3f}' for key, name in (('gen_acc', 'generator accuracy'),
+                                                            ('model_acc', 'model accuracy'),
+                                                            ('disc_auc', 'discriminator AUC')) if key in held_out))
     if 'disc_loss' in last:
         from .electra import binary_entropy
-        baseline, auc = binary_entropy(last['replaced_rate']), last.get('disc_auc', float('nan'))
+        baseline = binary_entropy(last['replaced_rate'])
+        auc, where = ((held_out['disc_auc'], 'held-out AUC') if held_out and 'disc_auc' in held_out else
+                      (last.get('disc_auc', float('nan')), 'AUC (last batch)'))
         verdict = ('learned to spot replaced tokens' if auc >= AUC_LEARNED else
                    'learning, not there yet' if auc >= AUC_LEARNING else 'not yet learning: close to guessing')
         below = 'below' if last['disc_loss'] < baseline else 'not below'
         lines.append(f"Discriminator loss {last['disc_loss']:.4f} vs majority-class baseline {baseline:.4f} "
-                     f"(replaced rate {last['replaced_rate']:.3f}): {below}; AUC {auc:.3f}: {verdict} "
+                     f"(replaced rate {last['replaced_rate']:.3f}): {below}; {where} {auc:.3f}: {verdict} "
                      f"(AUC {AUC_LEARNED:.2f}+ is clear learning, 0.5 is chance)")
     return '\n'.join(lines)

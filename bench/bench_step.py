@@ -45,11 +45,13 @@ import torch  # noqa: E402
 VARIANTS = {  # name on the command line -> name in the tables
     'ours': 'this project',
     'hf': 'HF baseline',
+    'hf_bf16': 'HF baseline, bf16 + SDPA',  # the same with bf16 autocast and SDPA: what one line of PyTorch gives
     'electra_pytorch': 'electra-pytorch 0.1.2',
     'tupe_a': 'this project, tupe-a',    # the same step with TUPE's positions (--position): their cost
     'tupe_r': 'this project, tupe-r',
+    'rope': 'this project, rope',
 }
-POSITION_OF = {'ours': 'absolute', 'tupe_a': 'tupe-a', 'tupe_r': 'tupe-r'}
+POSITION_OF = {'ours': 'absolute', 'tupe_a': 'tupe-a', 'tupe_r': 'tupe-r', 'rope': 'rope'}
 WHATS = ('step', 'data', 'finetune', 'quality')
 PRETRAIN_LR = 5e-4  # ELECTRA-Small (RECIPE.md); the schedule does not change the step time
 
@@ -183,7 +185,7 @@ def worker(args):
     if args.worker in POSITION_OF:
         step_ends, info = run_ours(args, tokenizer, examples, device, precision, POSITION_OF[args.worker])
     else:
-        run = {'hf': run_hf_baseline, 'electra_pytorch': run_electra_pytorch}[args.worker]
+        run = {'hf': run_hf_baseline, 'hf_bf16': run_hf_bf16, 'electra_pytorch': run_electra_pytorch}[args.worker]
         step_ends, info = run(args, tokenizer, examples, device, precision)   # perf_counter() at the end of each step
     step_s = [b - a for a, b in zip(step_ends[args.warmup:], step_ends[args.warmup + 1:])]
     result = dict(step_s=step_s, peak_mem_mb=peak_memory_mb(device), device=str(device), **info)
@@ -230,12 +232,13 @@ def run_ours(args, tokenizer, examples, device, precision, position='absolute'):
                             graph_breaks={str(k): v for k, v in counters['graph_break'].items()})
 
 
-def hf_models(args, tokenizer, device):
-    """ElectraForMaskedLM + ElectraForPreTraining with our configs and shared embeddings, eager attention."""
+def hf_models(args, tokenizer, device, attention='eager'):
+    """ElectraForMaskedLM + ElectraForPreTraining with our configs and shared embeddings, `attention` as
+    transformers' attn_implementation."""
     from _utils.electra import electra_configs, share_embeddings
     from transformers import ElectraForMaskedLM, ElectraForPreTraining
     gen_config, disc_config = electra_configs(args.size, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
-                                              attn_implementation='eager')
+                                              attn_implementation=attention)
     discriminator = ElectraForPreTraining(disc_config)
     generator = ElectraForMaskedLM(gen_config)
     share_embeddings(generator, discriminator)
@@ -253,10 +256,19 @@ def gumbel_sample(logits):
     return (logits.float() - torch.log((-torch.log(u)).clamp_min(1e-20))).argmax(-1)
 
 
-def run_hf_baseline(args, tokenizer, examples, device, precision):
+def run_hf_bf16(args, tokenizer, examples, device, precision):
+    return run_hf_baseline(args, tokenizer, examples, device, precision, bf16=True)
+
+
+def run_hf_baseline(args, tokenizer, examples, device, precision, bf16=False):
+    """A plain PyTorch ELECTRA step on Hugging Face models: fp32 and eager attention, or with `bf16` the forward
+    under bf16 autocast and SDPA attention (the one-line speed-ups a PyTorch user knows)."""
+    import contextlib
+
     import torch.nn.functional as F
     from _utils.electra import mask_positions, max_predictions_for, replace_masked
-    generator, discriminator = hf_models(args, tokenizer, device)
+    generator, discriminator = hf_models(args, tokenizer, device, 'sdpa' if bf16 else 'eager')
+    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
     params, opt = adamw([generator, discriminator])
     specials = torch.tensor(sorted({tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.mask_token_id,
                                     tokenizer.pad_token_id}), device=device)
@@ -271,15 +283,18 @@ def run_hf_baseline(args, tokenizer, examples, device, precision):
         positions, weight = mask_positions(ids, attention_mask, specials, 0.15, n_slots)          # (B, N)
         masked_ids = ids.gather(1, positions)
         masked = replace_masked(ids, positions, weight, masked_ids, tokenizer.mask_token_id, 0.85, 0.0, vocab_size)
-        logits = generator(input_ids=masked, attention_mask=attention_mask, token_type_ids=types).logits  # (B, L, V)
-        logits = logits.gather(1, positions.unsqueeze(-1).expand(-1, -1, vocab_size))           # (B, N, V)
+        with autocast():
+            logits = generator(input_ids=masked, attention_mask=attention_mask, token_type_ids=types).logits  # (B,L,V)
+        logits = logits.gather(1, positions.unsqueeze(-1).expand(-1, -1, vocab_size)).float()   # (B, N, V)
         ce = F.cross_entropy(logits.flatten(0, 1), masked_ids.flatten(), reduction='none')
         mlm = (ce * weight.flatten()).sum() / weight.sum()
         with torch.no_grad():
             sampled = gumbel_sample(logits)                                                       # (B, N)
         disc_input = ids.scatter(1, positions, torch.where(weight.bool(), sampled, sampled[:, :1]))
         is_replaced = (disc_input != ids).float()
-        disc_logits = discriminator(input_ids=disc_input, attention_mask=attention_mask, token_type_ids=types).logits
+        with autocast():
+            disc_logits = discriminator(input_ids=disc_input, attention_mask=attention_mask,
+                                        token_type_ids=types).logits.float()
         real = attention_mask.float()
         bce = (F.binary_cross_entropy_with_logits(disc_logits, is_replaced, reduction='none') * real).sum() / real.sum()
         loss = mlm + 50 * bce
@@ -289,7 +304,8 @@ def run_hf_baseline(args, tokenizer, examples, device, precision):
         opt.step()
         if len(ends) in (args.warmup, args.warmup + args.steps): synchronize(device)  # the timed block's ends
         ends.append(time.perf_counter())
-    return ends, dict(precision='fp32', attention='eager', sampling='gumbel', last_loss=float(loss), compile='none')
+    return ends, dict(precision='bf16' if bf16 else 'fp32', attention='sdpa' if bf16 else 'eager', sampling='gumbel',
+                      last_loss=float(loss), compile='none')
 
 
 class Logits(torch.nn.Module):
@@ -359,13 +375,16 @@ def bench_step(args, device):
     ref = summary.get('ours')
     flops = step_flops(args)
     peak = peak_flops(device)
+    bounds = cpu_roofline(args, {s['precision'] for s in summary.values()}) if device.type == 'cpu' else {}
     mem = 'peak GPU MB (allocated)' if device.type == 'cuda' else 'peak RSS MB (process)'
     headers = ['implementation', 'precision', 'attention', 'sampling', 'compile', 'ms/step (median)',
-               'round means', 'tokens/s', 'vs this project', 'model TFLOP/s', 'MFU', mem, 'last loss']
+               'round means', 'tokens/s', 'vs this project', 'model TFLOP/s',
+               'of matmul roofline' if bounds else 'MFU', mem, 'last loss']
     rows = [[VARIANTS[v], s['precision'], s['attention'], s['sampling'], s['compile'], f"{s['ms']:.1f}",
              f"{s['round_min']:.1f}-{s['round_max']:.1f}", f"{s['tokens_per_s']:,.0f}",
              f"{s['tokens_per_s'] / ref['tokens_per_s']:.2f}x" if ref else 'n/a',
              f"{flops / (s['ms'] / 1000) / 1e12:.2f}",
+             f"{bounds[s['precision']]['bound_s'] / (s['ms'] / 1000):.1%}" if bounds else
              f"{flops / (s['ms'] / 1000) / peak:.1%}" if peak else 'n/a', f"{s['peak']:,.0f}",
              f"{s['last_loss']:.3f}"] for v, s in summary.items()]
     title = (f'Pretraining step: ELECTRA-{args.size}, batch {args.batch_size} x length {args.max_length} '
@@ -381,7 +400,7 @@ def bench_step(args, device):
              'project computes it (forward + backward = 3 x forward; both transformers, attention, embedding '
              'projections, generator head at the masked slots), so extra work a peer does counts against it. '
              + (f'MFU = model FLOP/s / {peak / 1e12:.0f} TFLOP/s (dense bf16 peak of this GPU).' if peak else
-                'MFU: n/a (no peak figure for this device).'))
+                roofline_note(bounds) if bounds else 'MFU: n/a (no peak figure for this device).'))
     if device.type == 'cpu':
         notes += ' Peak RSS is the whole process (Python, libraries, data), not just the model.'
     if 'ours' in results and len(results) > 1:
@@ -412,6 +431,21 @@ def step_flops(args):
     forward = (encoder(gen) + 2 * M * (gen.hidden_size * gen.embedding_size + gen.embedding_size * gen.vocab_size)
                + encoder(disc) + 2 * T * (disc.hidden_size ** 2 + disc.hidden_size))
     return 3 * forward
+
+
+def cpu_roofline(args, precisions):
+    """{precision: roofline.roofline(...)}: this CPU's own matrix-product speed on the step's shapes."""
+    import roofline
+    torch.set_num_threads(args.threads)
+    return {p: roofline.roofline(args.size, args.batch_size, args.max_length, p) for p in precisions}
+
+
+def roofline_note(bounds):
+    parts = [f"{p}: peak {b['peak'] / 1e12:.2f} TFLOP/s on the step's shapes, matmul-bound step "
+             f"{b['bound_s'] * 1e3:.1f} ms" for p, b in sorted(bounds.items())]
+    return ('Of matmul roofline = the step\'s matrix products, each timed alone on this CPU at its shape and precision '
+            '(bench/roofline.py), summed, / the measured step time: 100% would be a step that is nothing but matrix '
+            'products at this machine\'s speed (' + '; '.join(parts) + ').')
 
 
 PEAK_BF16 = {'H100': 989e12, 'H200': 989e12, 'A100': 312e12, 'L4': 121e12, 'A10': 125e12, 'V100': 125e12}

@@ -48,7 +48,8 @@ def parse_args(argv=None):
     p.add_argument('--threads', type=int, default=0, help='torch threads; 0: all cores')
     p.add_argument('--minutes', type=float, default=0, help='stop after this many minutes of training (measurements '
                    'not counted); 0: run --steps')
-    p.add_argument('--eval_minutes', default='', help='also measure when training time passes these minutes, e.g. 2,5,10')
+    p.add_argument('--eval_minutes', default='', help='also measure when training time passes these minutes, '
+                   'e.g. 2,5,10')
     p.add_argument('--replacements', default='generator', choices=['generator', 'uniform', 'unigram'])
     p.add_argument('--eval_every', type=int, default=100)
     p.add_argument('--eval_rows', type=int, default=256)

@@ -175,6 +175,31 @@ def test_learning_summary_speaks_plainly():
     text = learning_summary(mlm)
     assert 'Model MLM loss 10.000 (step 1) -> 7.000 (step 9): 30% lower; accuracy 0.000 -> 0.100' in text
     assert 'Discriminator' not in text
+    # the held-out measurement, when there is one, is what the verdict reads
+    text = learning_summary([row(1, 0.5), row(100, 0.55)], dict(gen_acc=0.31, disc_auc=0.83), 256)
+    assert 'On 256 held-out examples (never trained on): generator accuracy 0.310, discriminator AUC 0.830' in text
+    assert 'held-out AUC 0.830: learned to spot replaced tokens' in text
+
+
+def test_held_out_examples_are_the_corpus_end_and_measured_without_side_effects(tokenizer):
+    from _utils.pretraining import held_out_metrics, split_held_out
+    from _utils.text import pretraining_examples
+    examples = pretraining_examples('bundled', tokenizer, 64, verbose=False)
+    held, train = split_held_out(examples, 50)
+    assert len(held) == 50 and len(train) == len(examples) - 50
+    assert torch.equal(held[0]['input_ids'], examples[len(examples) - 50]['input_ids'])
+    assert len(split_held_out(examples.select(range(30)), 50)[0]) == 3     # at most a tenth of the corpus
+    for objective in ('electra', 'mlm'):
+        torch.manual_seed(0)
+        electra = build_electra('tiny', tokenizer, max_length=64, objective=objective).train()
+        state = torch.get_rng_state()
+        first = held_out_metrics(electra, held.select(range(20)), batch_size=8)
+        assert torch.equal(torch.get_rng_state(), state) and electra.training      # nothing else changes
+        assert first == held_out_metrics(electra, held.select(range(20)), batch_size=8)         # fixed masking and sampling
+        if objective == 'electra':
+            assert 0 <= first['gen_acc'] <= 1 and 0 < first['disc_auc'] < 1
+        else:
+            assert set(first) == {'model_acc'}
 
 
 def test_pretrain_py_with_mlm_resumes_exactly_and_its_checkpoint_finetunes(tmp_path):
