@@ -78,8 +78,9 @@ class MyConfig(Config):
                             "'electra-15' (discriminator loss on masked tokens only), 'replace-mlm' (MLM on generator "
                             "samples), 'mlm' (BERT)", choices=list(OBJECTIVES))
     position: str = option('absolute', "where a token is: 'absolute' (the paper's position embeddings), 'tupe-a' "
-                           "(TUPE's untied positional attention), 'tupe-r' (TUPE-A + relative-position bias) or "
-                           "'rope' (rotary: queries and keys turned by their position)", choices=list(POSITIONS))
+                           "(TUPE's untied positional attention), 'tupe-r' (TUPE-A + relative-position bias), "
+                           "'rope' (rotary: queries and keys turned by their position) or 'alibi' (scores minus a "
+                           "fixed slope per head times the distance)", choices=list(POSITIONS))
     pair: str = option('', "your own generator and discriminator: 'file.py:function' or 'module:function', called as "
                        'function(vocab_size, max_length) -> (generator, discriminator) (README); empty: ELECTRA')
     init_from: str = option('', 'continue pretraining Hugging Face ELECTRA models: a folder holding generator/ and '

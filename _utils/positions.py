@@ -10,6 +10,9 @@ RECIPE.md, "TUPE" (Ke, He and Liu, ICLR 2021, "Rethinking Positional Encoding in
               every position), per head
     tupe-r    tupe-a plus a T5-style bucketed relative-position bias (per head, shared by the layers)
 
+    alibi     ALiBi (Press, Smith and Lewis, ICLR 2022), symmetric as MosaicBERT's encoder uses it: nothing added to
+              the input; every layer's attention scores get -m_h * |i - j|, a fixed slope per head (m_h = 2^(-8h/H),
+              h = 1..H), so attention starts out local and no parameter is learned for it
     rope      RoFormer's rotary position embeddings (Su et al. 2021; ModernBERT's encoders use them): nothing added
               to the input; in every layer each query and key is rotated by its position, dimension pair k
               (k, k + d/2) by the angle position * 10000^(-2k/d), so a score depends on the two tokens and i - j only
@@ -36,6 +39,7 @@ POSITIONS = {
     'tupe-a': 'TUPE: untied positional attention, shared by the layers, [CLS] untied',
     'tupe-r': 'TUPE-R: tupe-a plus a T5-style bucketed relative-position bias',
     'rope': 'RoPE: queries and keys rotated by their position in every layer (RoFormer, ModernBERT)',
+    'alibi': 'ALiBi: each head\'s scores minus a fixed slope times the distance |i - j| (Press et al., MosaicBERT)',
 }
 ROPE_BASE = 10_000  # RoFormer's: pair k turns at position * 10000^(-2k/d)
 RELATIVE_BUCKETS, RELATIVE_MAX_DISTANCE = 32, 128  # T5's (and TUPE-R's): 16 buckets each way, log-spaced to 128
@@ -111,6 +115,22 @@ class PositionalAttention(nn.Module):
         return untie_cls(logits, self.cls_to, self.cls_from)
 
 
+class AlibiBias(nn.Module):
+    """ALiBi's logits (1 or B, heads, L, L): -m_h * |j - i|, the slopes m_h = 2^(-8h/H) for heads h = 1..H (the
+    paper's geometric sequence; for H a power of two exactly its values). No parameters."""
+
+    def __init__(self, config):
+        super().__init__()
+        heads = config.num_attention_heads
+        slopes = 2.0 ** (-8.0 * torch.arange(1, heads + 1) / heads)
+        self.register_buffer('slopes', slopes, persistent=False)
+
+    def forward(self, position_table, position_ids):
+        """position_ids (1 or B, L) -> logits (1 or B, heads, L, L), in fp32; the table is not used."""
+        distance = (position_ids.unsqueeze(1) - position_ids.unsqueeze(2)).abs().float()   # (b, L, L)
+        return -self.slopes.view(1, -1, 1, 1) * distance.unsqueeze(1)
+
+
 def untie_cls(logits, cls_to, cls_from):
     """`logits` (b, heads, L, L) with row 0 set to `cls_to` and column 0 (below row 0) to `cls_from`, per head."""
     L = logits.size(-1)
@@ -162,14 +182,16 @@ class UntiedEmbeddings(ElectraEmbeddings):
 
 
 class TupeElectraModel(ElectraModel):
-    """Hugging Face's `ElectraModel` with TUPE's positions (made from one by `use_positions`, not constructed)."""
+    """Hugging Face's `ElectraModel` whose attention scores get a positional term, the same in every layer: TUPE's
+    or ALiBi's (`positional`; made from one by `use_positions`, not constructed)."""
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
                 inputs_embeds=None, **kwargs):
         ref = input_ids if input_ids is not None else inputs_embeds
         B, L = ref.shape[:2]
         if position_ids is None: position_ids = torch.arange(L, device=ref.device).unsqueeze(0)
-        bias = self.positional(self.embeddings.position_embeddings, position_ids)      # (1 or B, heads, L, L)
+        table = getattr(self.embeddings, 'position_embeddings', None)                 # (none with alibi)
+        bias = self.positional(table, position_ids)                                    # (1 or B, heads, L, L)
         if attention_mask is not None:                                                 # padding: never attended
             pad = attention_mask[:, None, None, :].to(torch.bool).logical_not()
             bias = bias.masked_fill(pad, torch.finfo(bias.dtype).min)
@@ -197,8 +219,13 @@ def use_positions(model):
     position = check_position(position_of(body.config))
     if position == 'absolute': return model
     if type(body.embeddings) is ElectraEmbeddings: body.embeddings.__class__ = UntiedEmbeddings
+    if position in ('rope', 'alibi') and hasattr(body.embeddings, 'position_embeddings'):
+        del body.embeddings.position_embeddings                                      # unused: no table to train
+    if position == 'alibi' and type(body) is ElectraModel:
+        body.__class__ = TupeElectraModel
+        body.positional = AlibiBias(body.config).to(body.embeddings.word_embeddings.weight.device)
+        return model
     if position == 'rope':
-        if hasattr(body.embeddings, 'position_embeddings'): del body.embeddings.position_embeddings  # unused
         for layer in body.encoder.layer:
             attention = layer.attention.self
             for projection in (attention.query, attention.key):

@@ -144,9 +144,32 @@ def test_a_finetuned_tupe_model_reloads_as_tupe(tokenizer, tmp_path):
 
 
 def test_unknown_position_is_one_line():
-    with pytest.raises(UserError, match="unknown position 'tupe'; options: absolute, tupe-a, tupe-r, rope"):
+    with pytest.raises(UserError, match="unknown position 'tupe'; options: absolute, tupe-a, tupe-r, rope, alibi"):
         electra_configs('tiny', position='tupe')
-    assert list(POSITIONS) == ['absolute', 'tupe-a', 'tupe-r', 'rope']
+    assert list(POSITIONS) == ['absolute', 'tupe-a', 'tupe-r', 'rope', 'alibi']
+
+
+def test_alibi_is_minus_the_head_slope_times_the_distance():
+    """ALiBi (Press et al. 2022), symmetric: slopes 2^(-8h/H); with 4 heads 1/4, 1/16, 1/64, 1/256."""
+    torch.manual_seed(0)
+    config = electra_configs('tiny', position='alibi')[1]
+    config.num_attention_heads = 4
+    _, disc = build_models('tiny', position='alibi')
+    disc.eval()
+    from _utils.positions import AlibiBias
+    bias = AlibiBias(config)(None, torch.arange(6).unsqueeze(0))[0]                  # (heads, L, L)
+    for h, slope in enumerate((1 / 4, 1 / 16, 1 / 64, 1 / 256)):
+        for i, j in ((0, 0), (0, 5), (5, 0), (2, 3), (4, 1)):
+            assert bias[h, i, j].item() == pytest.approx(-slope * abs(i - j))
+    assert not list(disc.electra.positional.parameters())                             # nothing learned
+    assert not [n for n, _ in disc.named_parameters() if 'position' in n]
+    ids = ids_batch()
+    with torch.no_grad():                                                             # the padding stays masked
+        mask = torch.ones_like(ids)
+        mask[1, 12:] = 0
+        cut = disc(ids[1:, :12]).logits
+        padded = disc(ids, attention_mask=mask).logits[1:, :12]
+    torch.testing.assert_close(padded, cut, rtol=1e-4, atol=1e-4)
 
 
 def roformer_rotation(x, position, base=10_000):
