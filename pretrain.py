@@ -51,7 +51,7 @@ install_excepthook()  # in the script, bad input gives one clear line instead of
 class MyConfig(Config):
     """Pretrain an ELECTRA generator and discriminator on a text corpus (defaults: RECIPE.md, ELECTRA-Small)."""
     preset: str = option('demo', 'a group of settings (see below); fields given on the command line win',
-                         choices=['demo', 'paper-small', 'paper-base', 'paper-large', 'none'])
+                         choices=['demo', 'cpu', 'paper-small', 'paper-base', 'paper-large', 'none'])
     size: str = option('small', 'model size (RECIPE.md "Model sizes"); tiny is this project\'s quick CPU size',
                        choices=list(SIZES))
     corpus: str = option('bundled', "'bundled' (datasets/wiki_sample), a .txt file or folder of them, or a Hugging "
@@ -72,6 +72,7 @@ class MyConfig(Config):
     weight_decay: float = option(0.01, 'decoupled weight decay, not on LayerNorm or bias')
     adam_eps: float = option(1e-6, 'Adam epsilon (Adam without bias correction)')
     clip: float = option(1.0, 'global gradient-norm clip, on unscaled gradients')
+    dropout: float = option(0.1, "dropout of both networks built here (RECIPE.md: 0.1; not --pair / --init_from's)")
     generator_weight: float = option(1.0, 'weight of the generator\'s MLM loss')
     discriminator_weight: float = option(50.0, 'weight of the discriminator\'s loss')
     objective: str = option('electra', "what to pretrain: 'electra' (the paper's), or a comparison of its Table 5: "
@@ -110,8 +111,13 @@ class MyConfig(Config):
     held_out: int = option(256, 'examples of the corpus set aside, never trained on, to measure the discriminator '
                            'and the generator on at the end (at most a tenth of the corpus; 0: none)')
 
+    # The CPU recipe, chosen by measurement (bench/RESULTS.md, "A CPU recipe"): what taught the discriminator fastest
+    # per CPU-minute with ELECTRA's objective. The printed config marks where it departs from the paper.
+    CPU = dict(size='tiny', position='rope', tokenizer='train', vocab_size=8192, batch_size=32, max_length=128,
+               lr=2e-3, warmup_steps=300, dropout=0.0, compile='default', max_steps=4000)
     PRESETS = {
-        'demo': dict(size='tiny', corpus='bundled', max_steps=800, batch_size=16, lr=5e-4, warmup_steps=100),
+        'demo': dict(CPU, corpus='bundled'),  # the CPU recipe for about 10 minutes on the bundled Wikipedia sample
+        'cpu': CPU,
         'paper-small': dict(size='small', corpus='Skylion007/openwebtext', max_steps=1_000_000, batch_size=128,
                             max_length=128, lr=5e-4, warmup_steps=10_000),
         'paper-base': dict(size='base', corpus='Skylion007/openwebtext', max_steps=766_000, batch_size=256,
@@ -120,6 +126,10 @@ class MyConfig(Config):
                             max_length=512, lr=2e-4, warmup_steps=10_000, mask_prob=0.25),
         'none': dict(),
     }
+    PAPER_PRESET = 'paper-small'  # the printed config marks the recipe's fields that differ from it
+    RECIPE_FIELDS = ('size', 'tokenizer', 'vocab_size', 'max_steps', 'batch_size', 'max_length', 'lr', 'warmup_steps',
+                     'mask_prob', 'weight_decay', 'adam_eps', 'clip', 'dropout', 'generator_weight',
+                     'discriminator_weight', 'objective', 'position')
 
     def validate(self):
         super().validate()
@@ -128,6 +138,7 @@ class MyConfig(Config):
         self.check(8 <= self.max_length <= 512, f'--max_length must be in [8, 512] (the model has 512 positions), '
                                                 f'got {self.max_length}')
         self.check(0 < self.mask_prob < 1, f'--mask_prob must be in (0, 1), got {self.mask_prob}')
+        self.check(0 <= self.dropout < 1, f'--dropout must be in [0, 1), got {self.dropout}')
         self.check(self.lr > 0, f'--lr must be positive, got {self.lr}')
         self.check(self.warmup_steps >= 0, f'--warmup_steps must be >= 0, got {self.warmup_steps}')
         self.check(self.log_every > 0, f'--log_every must be positive, got {self.log_every}')
@@ -199,7 +210,7 @@ print(f'{len(examples):,} examples of up to {cfg.max_length} tokens (+ {len(held
 _, _, ddp_device = init_distributed()
 electra = build_electra(cfg.size, tokenizer, mask_prob=cfg.mask_prob, max_length=cfg.max_length,
                         objective=cfg.objective, position=cfg.position, pair=cfg.pair,
-                        init_from=imported[:2] if imported else None)
+                        init_from=imported[:2] if imported else None, dropout=cfg.dropout)
 if resume_from: load_weights(electra, resume_from, tokenizer)
 print(describe_models(electra, cfg.size))
 

@@ -22,8 +22,12 @@ def option(default, help, choices=None):
 
 
 class Config:
-    """Base of a script's `MyConfig` dataclass. Subclasses define `PRESETS = {name: {field: value}}`."""
+    """Base of a script's `MyConfig` dataclass. Subclasses define `PRESETS = {name: {field: value}}`, and may name
+    the fields of the paper's recipe (`RECIPE_FIELDS`) and the preset that is the paper's (`PAPER_PRESET`): the
+    printed config then marks every recipe field whose value departs from the paper's."""
     PRESETS: typing.ClassVar[dict] = {}
+    RECIPE_FIELDS: typing.ClassVar[tuple] = ()
+    PAPER_PRESET: typing.ClassVar[str | None] = None
 
     # -- introspection -------------------------------------------------------------------------------------------
     @classmethod
@@ -34,7 +38,21 @@ class Config:
         return dataclasses.asdict(self)
 
     def __str__(self):
-        return '\n'.join(f'  {k:<22} {v!r}' for k, v in self.to_dict().items())
+        paper = self.paper_values()
+        departs = {k: paper[k] for k in self.RECIPE_FIELDS if getattr(self, k) != paper[k]}
+        lines = [f'  {k:<22} {v!r}' + (f'   <- the paper: {departs[k]!r}' if k in departs else '')
+                 for k, v in self.to_dict().items()]
+        if departs:
+            lines.append(f'  ({len(departs)} setting(s) marked "<-" depart from the paper\'s {self.PAPER_PRESET} '
+                         'recipe, RECIPE.md)')
+        return '\n'.join(lines)
+
+    @classmethod
+    def paper_values(cls):
+        """Every field's value in the paper's recipe: the defaults, under `PAPER_PRESET` if there is one."""
+        values = {f.name: f.default for f in dataclasses.fields(cls)}
+        if cls.PAPER_PRESET: values.update(cls.PRESETS[cls.PAPER_PRESET])
+        return values
 
     # -- building --------------------------------------------------------------------------------------------------
     @classmethod

@@ -25,10 +25,12 @@ from .positions import set_position, use_positions
 from .speedups import inverse_cdf_sample, use_fast_dropout
 
 # Discriminator and generator shapes. Generator: same depth, a fraction of the width (RECIPE.md, "Model sizes").
-# `tiny` is this project's own size for quick CPU runs; the others are the paper's.
+# `tiny` is this project's own size for quick CPU runs: since the CPU recipe's search (bench/RESULTS.md) 4 heads of 32
+# and a generator a quarter of the discriminator's width, as the paper's Small (before: 2 heads of 64, a generator of
+# half the width); the others are the paper's.
 SIZES = {
-    'tiny':  dict(embedding_size=128, hidden_size=128, num_hidden_layers=2, num_attention_heads=2,
-                  intermediate_size=512, generator=dict(hidden_size=64, num_attention_heads=1, intermediate_size=256)),
+    'tiny':  dict(embedding_size=128, hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
+                  intermediate_size=512, generator=dict(hidden_size=32, num_attention_heads=1, intermediate_size=128)),
     'small': dict(embedding_size=128, hidden_size=256, num_hidden_layers=12, num_attention_heads=4,
                   intermediate_size=1024, generator=dict(hidden_size=64, num_attention_heads=1, intermediate_size=256)),
     'base':  dict(embedding_size=768, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
@@ -57,16 +59,16 @@ def check_objective(objective):
 
 
 def electra_configs(size, vocab_size=30522, max_position_embeddings=512, pad_token_id=0, attn_implementation='sdpa',
-                    position='absolute'):
+                    position='absolute', dropout=0.1):
     """(generator_config, discriminator_config) as `transformers.ElectraConfig`s; `position` (positions.POSITIONS)
-    is recorded in both."""
+    is recorded in both; `dropout` is both networks' hidden and attention dropout (RECIPE.md: 0.1)."""
     from transformers import ElectraConfig
     if size not in SIZES:
         raise UserError(f"unknown size '{size}'; sizes: {', '.join(SIZES)}")
     shape = dict(SIZES[size])
     gen_shape = shape.pop('generator')
     common = dict(vocab_size=vocab_size, max_position_embeddings=max_position_embeddings, pad_token_id=pad_token_id,
-                  hidden_act='gelu', hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1,
+                  hidden_act='gelu', hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout,
                   layer_norm_eps=1e-12, initializer_range=0.02, type_vocab_size=2)
     disc = ElectraConfig(**common, **shape)
     gen = ElectraConfig(**common, **{**shape, **gen_shape})
@@ -77,13 +79,13 @@ def electra_configs(size, vocab_size=30522, max_position_embeddings=512, pad_tok
 
 
 def build_models(size, vocab_size=30522, max_position_embeddings=512, pad_token_id=0, attn_implementation='sdpa',
-                 objective='electra', position='absolute'):
+                 objective='electra', position='absolute', dropout=0.1):
     """A generator and a discriminator sharing the whole embedding block, generator softmax tied to word embeddings.
 
     With an MLM objective the discriminator's place holds an `ElectraForMaskedLM` of the discriminator's size, and
     `mlm` has no generator (None)."""
     gen_config, disc_config = electra_configs(size, vocab_size, max_position_embeddings, pad_token_id,
-                                              attn_implementation, position)
+                                              attn_implementation, position, dropout)
     return models_for(gen_config, disc_config, objective)
 
 
@@ -313,15 +315,15 @@ def sample_from_softmax(logits, temperature=1.0, method='auto'):
     same distribution, faster on CPUs, where drawing V random numbers per masked token is slow.
     'auto': gumbel on GPUs, inverse_cdf on CPUs.
     """
-    logits = logits.float()                                                        # (..., V)
-    if temperature != 1.0: logits = logits / temperature
+    if temperature != 1.0: logits = logits.float() / temperature                  # (..., V)
     if method == 'auto': method = 'gumbel' if logits.is_cuda else 'inverse_cdf'
     if method == 'gumbel':
+        logits = logits.float()
         u = torch.rand_like(logits).clamp_min(1e-20)
         gumbel = -torch.log((-torch.log(u)).clamp_min(1e-20))                      # -log(-log u)
         return (logits + gumbel).argmax(-1)
     if method == 'inverse_cdf':
-        probs = logits.softmax(-1)
+        probs = logits.softmax(-1, dtype=torch.float32)  # in fp32, without a separate fp32 copy of the logits
         return inverse_cdf_sample(probs.reshape(-1, probs.size(-1))).view(probs.shape[:-1])
     raise ValueError(f'unknown sampling method {method!r}')
 

@@ -13,7 +13,7 @@ from .text import Batches, StepBatches
 
 
 def build_electra(size, tokenizer, mask_prob=MASK_PROB, max_length=128, attn_implementation='sdpa',
-                  objective='electra', position='absolute', pair='', init_from=None):
+                  objective='electra', position='absolute', pair='', init_from=None, dropout=0.1):
     """The ELECTRA step around a generator and a discriminator: Hugging Face ELECTRA models at `size` (the
     default), your own from `pair` ('file.py:function', see `electra.pair_from_function`), or `init_from`, a
     (generator, discriminator) pair already loaded (`checkpoint.import_huggingface`)."""
@@ -31,7 +31,7 @@ def build_electra(size, tokenizer, mask_prob=MASK_PROB, max_length=128, attn_imp
     else:
         generator, discriminator = build_models(size, vocab_size=vocab_size, pad_token_id=tokenizer.pad_token_id,
                                                 attn_implementation=attn_implementation, objective=objective,
-                                                position=position)
+                                                position=position, dropout=dropout)
     positions = getattr(getattr(discriminator, 'config', None), 'max_position_embeddings', max_length)
     if max_length > positions:
         raise UserError(f"--max_length {max_length} exceeds the model's {positions} positions; use at most that")

@@ -35,6 +35,7 @@ def parse_args(argv=None):
     p.add_argument('--batch_size', type=int, default=16)
     p.add_argument('--max_length', type=int, default=128)
     p.add_argument('--lr', type=float, default=5e-4)
+    p.add_argument('--mask_prob', type=float, default=0.15)
     p.add_argument('--warmup_steps', type=int, default=100)
     p.add_argument('--generator_hidden', type=int, default=None, help="generator width (default: the size's)")
     p.add_argument('--dropout', type=float, default=None, help="dropout of both networks (default: 0.1, the paper's)")
@@ -84,7 +85,8 @@ def main(argv=None):
     examples = pretraining_examples(args.corpus, tokenizer, args.max_length, seed=args.seed, verbose=False)
     held = pretraining_examples(args.held_out, tokenizer, args.max_length, seed=args.seed, verbose=False)
     held = held[len(held) - args.eval_rows:] if args.held_out == args.corpus else held[:args.eval_rows]
-    electra = build_electra(args.size, tokenizer, max_length=args.max_length, position=args.position)
+    electra = build_electra(args.size, tokenizer, max_length=args.max_length, position=args.position,
+                            mask_prob=args.mask_prob)
     if args.dropout is not None:
         for module in electra.modules():
             if isinstance(module, torch.nn.Dropout): module.p = args.dropout

@@ -124,7 +124,8 @@ def _pretrain(tmp_path, *args):
     import os
     import subprocess
     import sys
-    res = subprocess.run([sys.executable, 'pretrain.py', '--size', 'tiny', '--batch_size', '4', '--max_length', '32',
+    res = subprocess.run([sys.executable, 'pretrain.py', '--size', 'tiny', '--compile', 'none', '--batch_size', '4',
+                          '--max_length', '32',
                           '--precision', 'fp32', '--device', 'cpu', '--logger', 'csv', '--log_every', '1',
                           '--warmup_steps', '1', '--lr', '1e-4', '--checkpoint_fractions', '1',
                           '--checkpoint_dir', str(tmp_path / 'ckpt'), '--log_dir', str(tmp_path / 'logs'), *args],

@@ -14,7 +14,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 TEXT = ROOT / 'tests' / 'fixtures' / 'text'  # small corpus and vocab files (see its README)
 ENV = dict(os.environ, OMP_NUM_THREADS='1', ELECTRA_ARGS='')
-PRETRAIN = ['pretrain.py', '--size', 'tiny', '--max_steps', '2', '--batch_size', '4', '--max_length', '32',
+PRETRAIN = ['pretrain.py', '--size', 'tiny', '--compile', 'none', '--max_steps', '2', '--batch_size', '4',
+            '--max_length', '32',
             '--warmup_steps', '1', '--precision', 'fp32', '--device', 'cpu', '--logger', 'csv', '--run_name', 'ci',
             '--checkpoint_fractions', '1', '--checkpoint_dir', '{root}/ckpt', '--log_dir', '{root}/logs']
 FINETUNE = ['finetune.py', '--model', '{model}', '--tasks', 'rte', '--n_runs', '1', '--epochs', '1',

@@ -76,7 +76,8 @@ def test_the_readme_accelerate_command_runs_pretrain_py_in_two_processes(tmp_pat
     res = subprocess.run([sys.executable, '-m', 'accelerate.commands.launch', '--multi_gpu', '--num_processes', '2',
                           '--num_machines', '1', '--mixed_precision', 'no', '--dynamo_backend', 'no',
                           '--main_process_port', str(free_port()),
-                          'pretrain.py', '--size', 'tiny', '--max_steps', '2', '--batch_size', '4', '--logger', 'csv',
+                          'pretrain.py', '--size', 'tiny', '--compile', 'none', '--max_steps', '2',
+                          '--batch_size', '4', '--logger', 'csv',
                           '--checkpoint_dir', str(tmp_path / 'ck'), '--log_dir', str(tmp_path / 'logs'),
                           '--data_cache', str(tmp_path / 'cache')],
                          cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)

@@ -285,9 +285,9 @@ def test_generator_softmax_is_tied_to_word_embeddings(electra):
 
 
 def test_each_network_keeps_its_own_embedding_projection(electra):
-    # tiny: embeddings 128 -> generator hidden 64 (projected), discriminator hidden 128 (no projection needed)
+    # tiny: embeddings 128 -> generator hidden 32 (projected), discriminator hidden 128 (no projection needed)
     project = electra.generator.electra.embeddings_project
-    assert (project.in_features, project.out_features) == (128, 64)
+    assert (project.in_features, project.out_features) == (128, 32)
     shared = {p.data_ptr() for p in electra.discriminator.parameters()}
     assert all(p.data_ptr() not in shared for p in project.parameters())
 

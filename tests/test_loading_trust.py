@@ -44,7 +44,8 @@ def run(script, *args, env_path=None):
 
 
 def pretrain(tmp_path, *args):
-    return run('pretrain.py', '--size', 'tiny', '--batch_size', '4', '--max_length', '32', '--precision', 'fp32',
+    return run('pretrain.py', '--size', 'tiny', '--compile', 'none', '--batch_size', '4', '--max_length', '32',
+               '--precision', 'fp32',
                '--device', 'cpu', '--logger', 'csv', '--log_every', '1', '--warmup_steps', '1', '--lr', '1e-4',
                '--checkpoint_fractions', '1', '--checkpoint_dir', tmp_path / 'ckpt', '--log_dir', tmp_path / 'logs',
                *args, env_path=tmp_path / 'code')

@@ -24,7 +24,7 @@ def outputs_text(nb):
 
 
 def test_pretrain_notebook_runs_at_tiny_scale(tmp_path):
-    nb = execute('Pretrain.ipynb', f'--max_steps 6 --batch_size 4 --log_every 2 --logger csv '
+    nb = execute('Pretrain.ipynb', f'--max_steps 6 --batch_size 4 --log_every 2 --logger csv --compile none '
                                    f'--checkpoint_dir {tmp_path}/ckpt --log_dir {tmp_path}/logs', tmp_path)
     text = outputs_text(nb)
     assert 'Checkpoints:' in text and 'demo_seed0_100pct.pth' in text

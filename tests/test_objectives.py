@@ -195,7 +195,7 @@ def test_held_out_examples_are_the_corpus_end_and_measured_without_side_effects(
         state = torch.get_rng_state()
         first = held_out_metrics(electra, held.select(range(20)), batch_size=8)
         assert torch.equal(torch.get_rng_state(), state) and electra.training      # nothing else changes
-        assert first == held_out_metrics(electra, held.select(range(20)), batch_size=8)         # fixed masking and sampling
+        assert first == held_out_metrics(electra, held.select(range(20)), batch_size=8)  # fixed masking, sampling
         if objective == 'electra':
             assert 0 <= first['gen_acc'] <= 1 and 0 < first['disc_auc'] < 1
         else:
@@ -209,7 +209,8 @@ def test_pretrain_py_with_mlm_resumes_exactly_and_its_checkpoint_finetunes(tmp_p
     import sys
     from pathlib import Path
     root = Path(__file__).resolve().parents[1]
-    args = ['--size', 'tiny', '--batch_size', '4', '--max_length', '32', '--precision', 'fp32', '--device', 'cpu',
+    args = ['--size', 'tiny', '--compile', 'none', '--batch_size', '4', '--max_length', '32', '--precision', 'fp32',
+            '--device', 'cpu',
             '--logger', 'csv', '--log_every', '1', '--warmup_steps', '2', '--objective', 'mlm', '--run_name', 'm',
             '--max_steps', '4', '--checkpoint_fractions', '1']
 

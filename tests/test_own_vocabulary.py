@@ -120,7 +120,8 @@ def test_a_corpus_without_text_is_one_clear_line(cache):
 
 def test_pretrain_py_trains_its_vocabulary_saves_it_beside_the_run_and_resumes_with_it(tmp_path):
     def pretrain(*args):
-        res = subprocess.run([sys.executable, 'pretrain.py', '--size', 'tiny', '--batch_size', '4', '--max_length',
+        res = subprocess.run([sys.executable, 'pretrain.py', '--size', 'tiny', '--compile', 'none', '--batch_size', '4',
+                              '--max_length',
                               '32', '--precision', 'fp32', '--device', 'cpu', '--logger', 'csv',
                               '--checkpoint_fractions', '1', '--checkpoint_dir', str(tmp_path / 'ckpt'),
                               '--log_dir', str(tmp_path / 'logs'), '--data_cache', str(tmp_path / 'cache'), *args],

@@ -55,8 +55,9 @@ def test_cls_positional_logits_are_the_two_learned_scalars():
         _, disc = tiny(position)
         body = disc.electra
         with torch.no_grad():
-            body.positional.cls_to.copy_(torch.tensor([0.7, -1.3]))
-            body.positional.cls_from.copy_(torch.tensor([2.5, 0.25]))
+            heads = body.config.num_attention_heads
+            body.positional.cls_to.copy_(torch.linspace(-1.3, 0.7, heads))
+            body.positional.cls_from.copy_(torch.linspace(0.25, 2.5, heads))
         logits = body.positional(body.embeddings.position_embeddings, torch.arange(16).unsqueeze(0))[0]
         heads = body.config.num_attention_heads
         assert logits.shape == (heads, 16, 16)
@@ -285,7 +286,8 @@ def test_pretrain_py_tupe_r_resumes_finetunes_with_a_search_and_refuses_export(t
     """The whole path: pretrain.py --position tupe-r, --resume, then finetune.py --lrs on its checkpoint."""
     common = ['--checkpoint_dir', str(tmp_path / 'ckpt'), '--log_dir', str(tmp_path / 'logs')]
     out = _run('pretrain.py', '--size', 'tiny', '--batch_size', '4', '--max_length', '32', '--precision', 'fp32',
-               '--device', 'cpu', '--logger', 'csv', '--log_every', '1', '--warmup_steps', '1', '--run_name', 't',
+               '--compile', 'none', '--device', 'cpu', '--logger', 'csv', '--log_every', '1', '--warmup_steps', '1',
+               '--run_name', 't',
                '--max_steps', '3', '--checkpoint_fractions', '1', '--save_every', '2', '--position', 'tupe-r', *common)
     assert 'positions tupe-r' in out
     out = _run('pretrain.py', '--resume', str(tmp_path / 'ckpt' / 't_seed0_step2.pth'), '--max_steps', '4',
@@ -322,7 +324,8 @@ def test_pretrain_py_rope_trains_and_resumes_as_rope(tmp_path):
     common = ['--checkpoint_dir', str(tmp_path / 'ckpt'), '--log_dir', str(tmp_path / 'logs'),
               '--checkpoint_fractions', '1']
     out = _run('pretrain.py', '--size', 'tiny', '--batch_size', '4', '--max_length', '32', '--precision', 'fp32',
-               '--device', 'cpu', '--logger', 'csv', '--log_every', '1', '--warmup_steps', '1', '--run_name', 'r',
+               '--compile', 'none', '--device', 'cpu', '--logger', 'csv', '--log_every', '1', '--warmup_steps', '1',
+               '--run_name', 'r',
                '--max_steps', '3', '--save_every', '2', '--position', 'rope', *common)
     assert 'positions rope' in out
     out = _run('pretrain.py', '--resume', str(tmp_path / 'ckpt' / 'r_seed0_step2.pth'), '--max_steps', '4', *common)

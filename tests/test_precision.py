@@ -64,6 +64,7 @@ runpy.run_path('pretrain.py', run_name='__main__')
 def test_pretrain_py_prints_and_trains_in_the_precision_auto_picks(tmp_path, has_bf16, expected):
     # With the fake "has AVX512-BF16" this also trains in bf16 on CPUs without it (slower there, same result)
     res = subprocess.run([sys.executable, '-c', FAKE_CPU_RUN.format(has=has_bf16), '--size', 'tiny',
+                          '--compile', 'none',
                           '--max_steps', '2', '--batch_size', '4', '--max_length', '32', '--log_every', '1',
                           '--device', 'cpu', '--logger', 'csv', '--run_name', 'auto', '--checkpoint_fractions', '1',
                           '--checkpoint_dir', str(tmp_path / 'ck'), '--log_dir', str(tmp_path / 'logs')],

@@ -10,7 +10,8 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ['--size', 'tiny', '--batch_size', '4', '--max_length', '32', '--precision', 'fp32', '--device', 'cpu',
+TINY = ['--size', 'tiny', '--compile', 'none', '--batch_size', '4', '--max_length', '32', '--precision', 'fp32',
+        '--device', 'cpu',
         '--logger', 'csv', '--log_every', '1', '--warmup_steps', '2', '--lr', '1e-3']
 
 

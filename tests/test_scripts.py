@@ -40,7 +40,8 @@ def test_help_lists_every_field_with_default_and_meaning():
 
 
 def test_a_short_run_with_overrides_writes_checkpoints_and_logs(tmp_path):
-    res = run(['pretrain.py', '--max_steps', '4', '--batch_size', '4', '--log_every', '2', '--run_name', 'ci',
+    res = run(['pretrain.py', '--compile', 'none', '--max_steps', '4', '--batch_size', '4', '--log_every', '2',
+               '--run_name', 'ci',
                '--checkpoint_dir', str(tmp_path / 'ckpt'), '--log_dir', str(tmp_path / 'logs'),
                '--checkpoint_fractions', '0.5,1', '--logger', 'csv'])
     assert res.returncode == 0, res.stderr[-2000:]
