@@ -50,6 +50,7 @@ VARIANTS = {  # name on the command line -> name in the tables
     'tupe_a': 'this project, tupe-a',    # the same step with TUPE's positions (--position): their cost
     'tupe_r': 'this project, tupe-r',
     'rope': 'this project, rope',
+    'baseline': 'this project at --baseline',  # an earlier commit's step (its `ours`, its defaults), side by side
 }
 POSITION_OF = {'ours': 'absolute', 'tupe_a': 'tupe-a', 'tupe_r': 'tupe-r', 'rope': 'rope'}
 WHATS = ('step', 'data', 'finetune', 'quality')
@@ -73,6 +74,8 @@ def parse_args(argv=None):
     p.add_argument('--compile', default='auto', help="this project's torch.compile mode, as pretrain.py's --compile "
                    "(auto: default mode on CUDA, none on CPU)")
     p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--baseline', default='', help="a git revision whose step runs as the variant 'baseline' (its "
+                   "own code and defaults, in a temporary worktree), interleaved with this tree's")
     p.add_argument('--finetune_task', default='SST-2', help='a GLUE task with a train split in datasets/glue_sample')
     p.add_argument('--finetune_batch_size', type=int, default=32, help='RECIPE.md: batch 32')
     p.add_argument('--quality_steps', type=int, default=300, help='steps of each path in the quality guard')
@@ -90,6 +93,9 @@ def parse_args(argv=None):
     if args.steps < 1 or args.repeats < 1 or args.warmup < 0 or args.batch_size < 1:
         p.error('--steps, --repeats and --batch_size must be >= 1, --warmup >= 0')
     args.threads = args.threads or len(os.sched_getaffinity(0))
+    if args.baseline and 'baseline' not in args.variants: args.variants.append('baseline')
+    if 'baseline' in args.variants and not args.baseline and not args.worker:
+        p.error("the variant 'baseline' needs --baseline REV (a git revision)")
     return args
 
 
@@ -342,28 +348,50 @@ def run_electra_pytorch(args, tokenizer, examples, device, precision):
                       compile='none')
 
 
+def baseline_tree(rev, tmp):
+    """A detached worktree of revision `rev` under `tmp` (removed with it), for the variant 'baseline'."""
+    where = Path(tmp) / 'baseline'
+    subprocess.run(['git', 'worktree', 'add', '--detach', str(where), rev], cwd=REPO, check=True,
+                   capture_output=True)
+    return where
+
+
 def bench_step(args, device):
     bundled_examples(args, verbose=True)  # build the example cache once, before the workers read it
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
     results = {v: [] for v in args.variants}
     with tempfile.TemporaryDirectory() as tmp:
-        for r in range(args.repeats):
-            for v in args.variants:
-                out = Path(tmp) / f'{v}-{r}.json'
-                cmd = [sys.executable, __file__, '--worker', v, '--result_file', str(out), '--size', args.size,
-                       '--batch_size', str(args.batch_size), '--max_length', str(args.max_length),
-                       '--device', str(device), '--steps', str(args.steps), '--warmup', str(args.warmup),
-                       '--threads', str(args.threads), '--seed', str(args.seed), '--compile', args.compile]
-                done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
-                if done.returncode != 0 or not out.exists():
-                    tail = '\n'.join((done.stdout + done.stderr).strip().splitlines()[-25:])
-                    sys.exit(f'worker {v} (round {r + 1}) failed with exit code {done.returncode}:\n{tail}')
-                res = json.loads(out.read_text())
-                results[v].append(res)
-                ms = 1000 * statistics.fmean(res['step_s'])
-                print(f'  round {r + 1}/{args.repeats} {VARIANTS[v]:<22} {ms:9.1f} ms/step'
-                      + (f"; graph breaks: {res['graph_breaks']}" if res.get('graph_breaks') else ''), flush=True)
+        old = baseline_tree(args.baseline, tmp) if 'baseline' in args.variants else None
+        try:
+            run_rounds(args, device, env, results, tmp, old)
+        finally:
+            if old: subprocess.run(['git', 'worktree', 'remove', '--force', str(old)], cwd=REPO, capture_output=True)
+    if old: VARIANTS['baseline'] = f'this project at {args.baseline}'
+    return step_table(args, device, results)
 
+
+def run_rounds(args, device, env, results, tmp, old):
+    for r in range(args.repeats):
+        for v in args.variants:
+            out = Path(tmp) / f'{v}-{r}.json'
+            root, worker = (old, 'ours') if v == 'baseline' else (REPO, v)
+            cmd = [sys.executable, str(root / 'bench' / 'bench_step.py'), '--worker', worker, '--result_file', str(out),
+                   '--size', args.size, '--batch_size', str(args.batch_size), '--max_length', str(args.max_length),
+                   '--device', str(device), '--steps', str(args.steps), '--warmup', str(args.warmup),
+                   '--threads', str(args.threads), '--seed', str(args.seed),
+                   '--compile', 'auto' if v == 'baseline' else args.compile]
+            done = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True)
+            if done.returncode != 0 or not out.exists():
+                tail = '\n'.join((done.stdout + done.stderr).strip().splitlines()[-25:])
+                sys.exit(f'worker {v} (round {r + 1}) failed with exit code {done.returncode}:\n{tail}')
+            res = json.loads(out.read_text())
+            results[v].append(res)
+            ms = 1000 * statistics.fmean(res['step_s'])
+            print(f'  round {r + 1}/{args.repeats} {VARIANTS[v]:<22} {ms:9.1f} ms/step'
+                  + (f"; graph breaks: {res['graph_breaks']}" if res.get('graph_breaks') else ''), flush=True)
+
+
+def step_table(args, device, results):
     tokens = args.batch_size * args.max_length
     summary = {}
     for v, rounds in results.items():

@@ -122,6 +122,21 @@ def test_attention_without_dropout_is_torch_sdpa():
     torch.testing.assert_close(out, expected)
 
 
+def test_cpu_training_without_dropout_runs_the_math_with_sdpas_values_and_gradients():
+    # --dropout 0 (the CPU recipe): the math path, not SDPA's CPU flash kernel, whose backward is slow at small sizes
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 4, 16, 8, requires_grad=True) for _ in range(3))
+    attend = torch.ones(2, 1, 16, 16, dtype=torch.bool)
+    attend[1, ..., 10:] = False
+    module = nn.Module().train()
+    out, _ = sdpa_fast_dropout(module, q, k, v, attend, dropout=0.0, scaling=8 ** -0.5)
+    grads = torch.autograd.grad(out.square().sum(), (q, k, v))
+    expected = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=attend).transpose(1, 2)
+    torch.testing.assert_close(out, expected)
+    for got, want in zip(grads, torch.autograd.grad(expected.square().sum(), (q, k, v))):
+        torch.testing.assert_close(got, want)
+
+
 def test_use_fast_dropout_swaps_every_dropout_and_keeps_eval_outputs_and_export(tmp_path):
     torch.manual_seed(0)
     generator, discriminator = build_models('tiny')
