@@ -132,3 +132,24 @@ def test_help_flag_prints_help_and_exits_0(capsys):
 def test_bad_command_lines_are_user_errors(args, message):
     with pytest.raises(UserError, match=message):
         DemoConfig.from_cli(args)
+
+
+@dataclass
+class PaperConfig(Config):
+    size: str = option('small', 'model size')
+    lr: float = option(5e-4, 'peak learning rate')
+    run_name: str = option('', 'not part of the recipe')
+    preset: Optional[str] = option(None, 'a group of settings')
+
+    PRESETS = {'paper': dict(size='small'), 'cpu': dict(size='tiny', lr=2e-3, run_name='x')}
+    PAPER_PRESET = 'paper'
+    RECIPE_FIELDS = ('size', 'lr')
+
+
+def test_the_printed_config_marks_where_the_recipe_departs_from_the_paper():
+    text = str(PaperConfig.from_cli(['--preset', 'cpu']))
+    assert "size                   'tiny'   <- the paper: 'small'" in text
+    assert 'lr                     0.002   <- the paper: 0.0005' in text
+    assert "run_name               'x'\n" in text                    # not a recipe field: not marked
+    assert '(2 setting(s) marked "<-" depart from the paper\'s paper recipe' in text
+    assert '<-' not in str(PaperConfig.from_cli(['--preset', 'paper']))
