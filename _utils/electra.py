@@ -367,10 +367,11 @@ def step_metrics(out: ElectraOutput):
     waits for the GPU (boolean indexing would: its output size lives on the device)."""
     w = out.masked_weight
     hits = lambda ids: ((ids == out.masked_ids).float() * w).sum() / w.sum()    # accuracy over the used slots
+    top = lambda logits: logits.max(-1).indices  # = argmax (first of ties), 3x faster on CPUs in bf16
     if out.disc_logits is None:  # an MLM objective (in the order the electra objective logs them)
         metrics = {} if out.mlm_logits is None else dict(
-            mlm_loss=out.mlm_loss.detach(), gen_acc=hits(out.mlm_logits.argmax(-1)), sampled_acc=hits(out.sampled_ids))
-        return dict(metrics, model_mlm_loss=out.model_loss.detach(), model_acc=hits(out.model_logits.argmax(-1)))
+            mlm_loss=out.mlm_loss.detach(), gen_acc=hits(top(out.mlm_logits)), sampled_acc=hits(out.sampled_ids))
+        return dict(metrics, model_mlm_loss=out.model_loss.detach(), model_acc=hits(top(out.model_logits)))
     real = out.attention_mask.float()                                         # (B, L)
     labels = out.is_replaced.float() * real
     predicted = (out.disc_logits > 0).float() * real
@@ -378,7 +379,7 @@ def step_metrics(out: ElectraOutput):
     scored = out.disc_weight if out.disc_weight is not None else real  # where the loss counts (electra-15: masked)
     return dict(
         mlm_loss=out.mlm_loss.detach(), disc_loss=out.disc_loss.detach(),
-        gen_acc=hits(out.mlm_logits.argmax(-1)),
+        gen_acc=hits(top(out.mlm_logits)),
         sampled_acc=hits(out.sampled_ids),
         disc_acc=(((predicted == labels).float() * real).sum()) / n_real,
         disc_precision=tp / predicted.sum().clamp_min(1),

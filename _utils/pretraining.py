@@ -156,7 +156,7 @@ def held_out_metrics(electra, examples, batch_size=64, seed=123, precision='fp32
             # forward itself, not the compiled call: a run compiled for training need not compile again for this
             out = electra.forward(rows['input_ids'].long().to(device), rows['token_type_ids'].long().to(device))
             logits = out.mlm_logits if out.mlm_logits is not None else out.model_logits
-            hits += float(((logits.argmax(-1) == out.masked_ids).float() * out.masked_weight).sum())
+            hits += float(((logits.max(-1).indices == out.masked_ids).float() * out.masked_weight).sum())
             slots += float(out.masked_weight.sum())
             if out.disc_logits is not None:
                 real = out.attention_mask.bool()
