@@ -114,7 +114,7 @@ class MyConfig(Config):
     # The CPU recipe, chosen by measurement (bench/RESULTS.md, "A CPU recipe"): what taught the discriminator fastest
     # per CPU-minute with ELECTRA's objective. The printed config marks where it departs from the paper.
     CPU = dict(size='tiny', position='rope', tokenizer='train', vocab_size=8192, batch_size=64, max_length=64,
-               mask_prob=0.25, lr=2e-3, warmup_steps=300, dropout=0.0, max_steps=3000)
+               mask_prob=0.25, lr=2e-3, warmup_steps=300, dropout=0.0, max_steps=4000)
     PRESETS = {
         'demo': dict(CPU, corpus='bundled'),  # the CPU recipe for about 10 minutes on the bundled Wikipedia sample
         'cpu': CPU,
