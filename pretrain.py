@@ -157,6 +157,8 @@ class MyConfig(Config):
 
 
 cfg = MyConfig.from_cli()
+if (cfg.pair or cfg.init_from) and 'position' not in cfg.given:
+    cfg.position = 'absolute'  # your own pair, or imported models, keep the positions they have (not the preset's)
 resume_from = None
 if cfg.resume:  # the saved run's settings, plus whatever the command line sets
     resume_from = load_checkpoint(find_checkpoint(cfg.resume, project_path(cfg.checkpoint_dir),

@@ -134,6 +134,7 @@ def split_held_out(examples, n):
     """(held_out, train): the last `n` examples (at most a tenth of them), then the rest. The examples follow the
     corpus's order, so the held-out ones come from its last documents."""
     n = min(n, len(examples) // 10)
+    if n == 0: return examples.select([]), examples                   # (an empty range at the end is refused)
     return examples.select(range(len(examples) - n, len(examples))), examples.select(range(len(examples) - n))
 
 

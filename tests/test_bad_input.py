@@ -91,7 +91,7 @@ CASES = {
     # pretraining: the tokenizer, the fields and their values
     'tokenizer not the checkpoint\'s': (PRETRAIN, ['--resume', '{ckpt}', '--tokenizer', '{text}/tiny_vocab.txt',
                                                    '--corpus', '{text}/tiny_corpus.txt'],
-                                        ["the tokenizer (14 tokens) does not match the checkpoint's (30,522 tokens)",
+                                        ["the tokenizer (14 tokens) does not match the checkpoint's (8,192 tokens)",
                                          'use the tokenizer the run was trained with']),
     'misspelled field': (PRETRAIN, ['--max_step', '20'], ['unknown field --max_step; did you mean --max_steps?']),
     'steps 0': (PRETRAIN, ['--max_steps', '0'], ['--max_steps must be positive, got 0']),

@@ -15,25 +15,14 @@ from _utils.checkpoint import export_huggingface, import_huggingface, load_check
 from _utils.detection import load_detector
 from _utils.errors import UserError
 from _utils.models import load_pretrained
+from test_any_pair import PAIR_FILE
 
 ROOT = Path(__file__).resolve().parents[1]
 
-MARKED_PAIR = '''
+MARKED_PAIR = """
 from pathlib import Path
-import torch.nn as nn
-
 Path(__file__).with_name('IMPORTED').write_text('this module was imported')
-
-class Tagger(nn.Module):
-    def __init__(self, vocab_size, n_out):
-        super().__init__()
-        self.emb, self.out = nn.Embedding(vocab_size, 16), nn.Linear(16, n_out)
-    def forward(self, input_ids, attention_mask):
-        return self.out(self.emb(input_ids)).squeeze(-1)
-
-def make_pair(vocab_size, max_length):
-    return Tagger(vocab_size, vocab_size), Tagger(vocab_size, 1)
-'''
+""" + PAIR_FILE  # test_any_pair's plain pair, leaving a marker when imported
 
 
 def run(script, *args, env_path=None):

@@ -189,6 +189,8 @@ def test_held_out_examples_are_the_corpus_end_and_measured_without_side_effects(
     assert len(held) == 50 and len(train) == len(examples) - 50
     assert torch.equal(held[0]['input_ids'], examples[len(examples) - 50]['input_ids'])
     assert len(split_held_out(examples.select(range(30)), 50)[0]) == 3     # at most a tenth of the corpus
+    held_none, all_of_them = split_held_out(examples.select(range(5)), 50)  # a corpus too small: nothing held out
+    assert len(held_none) == 0 and len(all_of_them) == 5
     for objective in ('electra', 'mlm'):
         torch.manual_seed(0)
         electra = build_electra('tiny', tokenizer, max_length=64, objective=objective).train()

@@ -107,20 +107,21 @@ def test_tupe_attention_scale_and_generator_share_the_position_table():
     assert gen.electra.positional is not disc.electra.positional      # each its own U_Q, U_K, scalars, bias
 
 
-def test_a_checkpoint_refuses_another_position_and_rebuilds_its_own(tokenizer):
+@pytest.mark.parametrize('position, other', [('tupe-r', 'absolute'), ('rope', 'tupe-r'), ('alibi', 'rope')])
+def test_a_checkpoint_refuses_another_position_and_rebuilds_its_own(tokenizer, position, other):
     torch.manual_seed(0)
-    electra = build_electra('tiny', tokenizer, max_length=32, position='tupe-r').eval()
-    ckpt = make_checkpoint(electra, tokenizer, {'position': 'tupe-r'}, 1, 1, with_rng=False)
+    electra = build_electra('tiny', tokenizer, max_length=32, position=position).eval()
+    ckpt = make_checkpoint(electra, tokenizer, {'position': position}, 1, 1, with_rng=False)
     gen, disc = models_from_checkpoint(ckpt)
     ids = ids_batch()
     with torch.no_grad():
         torch.testing.assert_close(disc.eval()(ids).logits, electra.discriminator(ids).logits)
-    with pytest.raises(UserError, match='trained with --position tupe-r, this model has absolute; use --position '
-                                        'tupe-r'):
-        load_weights(build_electra('tiny', tokenizer, max_length=32), ckpt)
+    with pytest.raises(UserError, match=f'trained with --position {position}, this model has {other}; use '
+                                        f'--position {position}'):
+        load_weights(build_electra('tiny', tokenizer, max_length=32, position=other), ckpt)
     with pytest.raises(UserError, match='trained with --position absolute.*use --position absolute'):
         plain = build_electra('tiny', tokenizer, max_length=32)
-        load_weights(build_electra('tiny', tokenizer, max_length=32, position='tupe-a'),
+        load_weights(build_electra('tiny', tokenizer, max_length=32, position=position),
                      make_checkpoint(plain, tokenizer, {}, 1, 1, with_rng=False))
 
 
@@ -226,27 +227,18 @@ def test_rope_has_no_position_table_and_positions_matter():
     assert not torch.allclose(hidden[:, 4], again[:, 9], atol=1e-4)  # the same word elsewhere reads differently
 
 
-def test_a_rope_checkpoint_rebuilds_as_rope_refuses_others_and_export(tokenizer, tmp_path):
-    torch.manual_seed(0)
-    electra = build_electra('tiny', tokenizer, max_length=32, position='rope').eval()
-    ckpt = make_checkpoint(electra, tokenizer, {'position': 'rope'}, 1, 1, with_rng=False)
-    _, disc = models_from_checkpoint(ckpt)
-    ids = ids_batch()
-    with torch.no_grad():
-        torch.testing.assert_close(disc.eval()(ids).logits, electra.discriminator(ids).logits, rtol=0, atol=0)
-    with pytest.raises(UserError, match='trained with --position rope, this model has tupe-r; use --position rope'):
-        load_weights(build_electra('tiny', tokenizer, max_length=32, position='tupe-r'), ckpt)
-    with pytest.raises(UserError, match='trained with --position absolute.*use --position absolute'):
-        load_weights(build_electra('tiny', tokenizer, max_length=32, position='rope'),
-                     make_checkpoint(build_electra('tiny', tokenizer, max_length=32), tokenizer, {}, 1, 1,
-                                     with_rng=False))
-    with pytest.raises(UserError, match='--position rope model cannot be exported') as e:
+@pytest.mark.parametrize('position', ['rope', 'alibi'])
+def test_rope_and_alibi_refuse_the_export_and_reload_when_finetuned(tokenizer, tmp_path, position):
+    electra = build_electra('tiny', tokenizer, max_length=32, position=position).eval()
+    ckpt = make_checkpoint(electra, tokenizer, {'position': position}, 1, 1, with_rng=False)
+    with pytest.raises(UserError, match=f'--position {position} model cannot be exported') as e:
         export_huggingface(ckpt, tmp_path / 'hf')
     assert '\n' not in str(e.value) and not (tmp_path / 'hf').exists()
-    pretrained = Pretrained(disc.electra, tokenizer, 'rope', 'test')                    # finetuned, saved, reloaded
-    model = build_classifier(pretrained, 'RTE').eval()
+    pretrained = Pretrained(models_from_checkpoint(ckpt)[1].electra, tokenizer, position, 'test')
+    model = build_classifier(pretrained, 'RTE').eval()                                 # finetuned, saved, reloaded
     save_finetuned(RunResult('RTE', 0, 0, [dict(epoch=1, score=50.0)], state_dict=model.state_dict()), pretrained,
                    tmp_path / 'rte.pth')
+    ids = ids_batch()
     with torch.no_grad():
         torch.testing.assert_close(load_finetuned(tmp_path / 'rte.pth')[0].eval()(ids), model(ids))
 
