@@ -1,5 +1,5 @@
-"""Where a token is: the paper's absolute position embeddings, TUPE's untied positional attention, or rotary
-position embeddings (RoPE).
+"""Where a token is: the paper's absolute position embeddings, TUPE's untied positional attention, rotary position
+embeddings (RoPE) or ALiBi's distance penalty.
 
 RECIPE.md, "TUPE" (Ke, He and Liu, ICLR 2021, "Rethinking Positional Encoding in Language Pre-training"):
 
