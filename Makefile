@@ -9,11 +9,15 @@ SCRIPT = jupyter nbconvert --to python --log-level WARN --output-dir $(OUT) \
 	--TagRemovePreprocessor.enabled=True --TagRemovePreprocessor.remove_cell_tags notebook-only \
 	--PythonExporter.exclude_input_prompt=True
 
+# $(call script,NAME,NOTEBOOK): NAME.py from NOTEBOOK, its second line (nbconvert's "coding: utf-8") naming its source
+script = $(SCRIPT) --output $(1) $(2) && \
+	sed -i '2s/.*/\# Generated from $(2) by `make scripts`: edit the notebook, not this file./' $(OUT)/$(1).py
+
 .PHONY: scripts notebooks
 scripts:
-	$(SCRIPT) --output pretrain Pretrain.ipynb
-	$(SCRIPT) --output finetune Finetune_GLUE.ipynb
-	$(SCRIPT) --output detect Detect_and_Correct.ipynb
+	$(call script,pretrain,Pretrain.ipynb)
+	$(call script,finetune,Finetune_GLUE.ipynb)
+	$(call script,detect,Detect_and_Correct.ipynb)
 
 notebooks:
 	ELECTRA_ARGS= jupyter nbconvert --to notebook --execute --inplace --log-level WARN \

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-# coding: utf-8
+# Generated from Detect_and_Correct.ipynb by `make scripts`: edit the notebook, not this file.
 
 # # Detect and correct replaced words
 # 
@@ -29,10 +29,7 @@ warnings.filterwarnings('ignore', message='.*torch.jit.script.*is deprecated')  
 
 from _utils.config import Config, option
 from _utils.detection import THRESHOLD, detect, format_text, load_detector, read_texts, to_json
-from _utils.errors import install_excepthook
 from _utils.learner import pick_device
-
-install_excepthook()  # in the script, bad input gives one clear line instead of a traceback
 
 
 # ## 1. Configuration

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-# coding: utf-8
+# Generated from Finetune_GLUE.ipynb by `make scripts`: edit the notebook, not this file.
 
 # # Finetune ELECTRA on GLUE
 # 
@@ -10,33 +10,32 @@
 # 
 # This notebook is the source of `finetune.py` (regenerate it with `make scripts`, which runs nbconvert): the
 # cells tagged `notebook-only` are pictures and tables that stay here. The numbers of the recipe are in
-# `RECIPE.md` ("GLUE finetuning", "GLUE test submission"); the logic lives in `_utils/`: `models.py` (which
-# model), `glue.py` and `glue_data.py` (the data), `finetuning.py` (one run), `runs.py` (runs.csv, resume,
-# summaries) and `glue_scores.py` (metrics, submission).
+# `RECIPE.md` ("GLUE finetuning", "GLUE test submission"); the logic lives in `_utils/`: `glue_models.py` (which
+# model, and the finetuned-model file), `glue.py` and `glue_data.py` (the data), `finetuning.py` (one run),
+# `glue_runs.py` (one task's runs: runs.csv, resume, summaries), `glue_sets.py` (the set: one plan per learning rate,
+# the best rate per task) and `glue_scores.py` (metrics, submission).
 
 import time
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 
 warnings.filterwarnings('ignore', message='.*torch.jit.script.*is deprecated')  # raised inside a dependency
 
 import datasets
 
-from _utils.config import Config, option
+from _utils.config import POSITIVE, Config, option, within
 from _utils.electra import SIZES, count_parameters
-from _utils.errors import ensure_writable, install_excepthook
+from _utils.errors import ensure_writable
 from _utils.files import project_path
-from _utils.finetuning import by_size, group_name_for, missing_files_report, predict_test, recipe_for, run_seeds
+from _utils.finetuning import (by_size, group_name_for, missing_files_report, parse_rates, predict_test,
+                               recipes_for, run_seeds)
 from _utils.glue_data import glue_source, load_tasks, load_test_only, parse_tasks
 from _utils.glue_scores import write_submission
 from _utils.learner import pick_device, pick_precision
 from _utils.loggers import LOGGERS, parse_loggers
-from _utils.models import check_max_length, classifier_from_result, load_pretrained, save_finetuned
-from _utils.runs import (RunsLog, finetune_task, format_table, formatted_search, lr_search, plan_rates, save_search,
-                         save_summary, saved_best, summarize)
+from _utils.glue_models import check_max_length, classifier_from_result, load_pretrained
+from _utils.glue_sets import best_rate_results, finetune_plans, plan_rates, stop_if_failed
 
-install_excepthook()  # in the script, bad input gives one clear line instead of a traceback
 datasets.disable_progress_bars()  # dozens of small tokenizing passes: their bars would bury the results
 started = time.perf_counter()
 
@@ -51,8 +50,8 @@ started = time.perf_counter()
 # e.g. `python finetune.py --tasks cola,rte --n_runs 5`; `--help` lists them.
 
 @dataclass
-class MyConfig(Config):
-    """Finetune a pretrained ELECTRA discriminator on GLUE, report dev medians, write the test submission."""
+class Runs(Config):
+    """Which model finetunes on which tasks, how many times, and where the results go."""
     preset: str = option('demo', "'demo': 3 runs per task (minutes on a CPU); 'paper': 10 runs; 'tupe': TUPE's lr "
                          'search (4 rates x 5 runs, 10 epochs); fields given on the command line win',
                          choices=['demo', 'paper', 'tupe', 'none'])
@@ -63,27 +62,13 @@ class MyConfig(Config):
     glue_dir: str = option('bundled', "'bundled' (datasets/glue_sample, a few hundred rows per task), a folder in the "
                            "classic download_glue_data.py layout, a folder of the hub's parquet files, or 'hub'")
     tasks: str = option('all', "'all' or a comma list, e.g. cola,sst2,rte (AX comes with MNLI)")
-    n_runs: int = option(10, 'runs per task, seeds seed, seed+1, ...; the paper reports the median of 10')
+    max_length: int = option(128, 'tokens per example; pairs are truncated from the longer side',
+                             valid=within(8, 512))
+    dev_fraction: float = option(0.1, 'where a task has no dev split: the fraction of train held out as dev',
+                                 valid=within(0, 1, '()'))
+    n_runs: int = option(10, 'runs per task, seeds seed, seed+1, ...; the paper reports the median of 10',
+                         valid=POSITIVE)
     seed: int = option(0, 'seed of the first run')
-    lr: float | None = option(None, f"peak learning rate; none: by size, {by_size('lr')}")
-    lrs: str = option('', 'a learning-rate search: comma list of peak rates, each with n_runs runs; per task the '
-                      'rate with the best median is reported (TUPE\'s protocol); empty: one rate, --lr')
-    layer_lr_decay: float | None = option(None, f"layer-wise lr decay; none: by size, {by_size('layer_lr_decay')}")
-    fix_layer_decay: bool = option(False, 'give the top layer lr*decay instead of the official lr*decay^2')
-    batch_size: int = option(32, 'training batch size')
-    epochs: int | None = option(None, "epochs per task; none: the task's (3; 10 for RTE and STS-B)")
-    large_task_epochs: int | None = option(None, 'epochs for MNLI, QNLI and QQP (TUPE: 5); none: as the others')
-    warmup_fraction: float = option(0.1, 'linear warmup, as a fraction of all steps of a run')
-    weight_decay: float = option(0.0, 'decoupled weight decay (0 for GLUE)')
-    adam_eps: float = option(1e-6, 'Adam epsilon (Adam without bias correction)')
-    clip: float = option(1.0, 'global gradient-norm clip')
-    loss_reduction: str = option('sum', "a batch's loss: the 'sum' of its examples' losses (the official code) "
-                                 "or their 'mean'", choices=['sum', 'mean'])
-    dropout: float = option(0.1, 'dropout on the [CLS] vector before the classifier')
-    max_length: int = option(128, 'tokens per example; pairs are truncated from the longer side')
-    dev_fraction: float = option(0.1, 'where a task has no dev split: the fraction of train held out as dev')
-    wnli: str = option('majority', "WNLI test predictions: 'majority' class (the paper) or the finetuned 'model'",
-                       choices=['majority', 'model'])
     group_name: str = option('', 'folder name of this set of runs; empty: the model\'s name')
     resume: bool = option(False, 'skip the runs that runs.csv of this group shows finished (same model, data and '
                           'recipe, else refused) and train only the missing ones; summary and test predictions use '
@@ -94,12 +79,43 @@ class MyConfig(Config):
                           '(relative paths: from the project folder)')
     checkpoint_dir: str = option('checkpoints/finetune', 'finetuned models go to <checkpoint_dir>/<group_name>/')
     output_dir: str = option('test_outputs', 'the GLUE submission goes to <output_dir>/<group_name>/')
+    wnli: str = option('majority', "WNLI test predictions: 'majority' class (the paper) or the finetuned 'model'",
+                       choices=['majority', 'model'])
     precision: str = option('auto', 'auto: bf16 where the hardware is fast at it, else fp16 (GPU) / fp32 (CPU)',
                             choices=['auto', 'fp32', 'bf16', 'fp16'])
     device: str = option('auto', 'auto, cpu, cuda or cuda:N')
     logger: str = option('csv,tensorboard', f"per-run training logs: comma-separated among {', '.join(LOGGERS)}, "
                          'or none')
-    log_every: int = option(10, 'log the training loss every N steps')
+    log_every: int = option(10, 'log the training loss every N steps', valid=POSITIVE)
+
+    @property
+    def loggers(self): return parse_loggers(self.logger)
+
+
+# The recipe: the learning rate and the layer-wise decay follow the model's size unless given, one rate or a search
+# over several (`--lrs`); each field's allowed values are checked as the config is built (`valid=`), before any model
+# is loaded.
+
+@dataclass
+class MyConfig(Runs):
+    """Finetune a pretrained ELECTRA discriminator on GLUE, report dev medians, write the test submission."""
+    lr: float | None = option(None, f"peak learning rate; none: by size, {by_size('lr')}", valid=POSITIVE)
+    lrs: str = option('', 'a learning-rate search: comma list of peak rates, each with n_runs runs; per task the '
+                      'rate with the best median is reported (TUPE\'s protocol); empty: one rate, --lr')
+    layer_lr_decay: float | None = option(None, f"layer-wise lr decay; none: by size, {by_size('layer_lr_decay')}",
+                                          valid=within(0, 1, '(]'))
+    fix_layer_decay: bool = option(False, 'give the top layer lr*decay instead of the official lr*decay^2')
+    batch_size: int = option(32, 'training batch size', valid=POSITIVE)
+    epochs: int | None = option(None, "epochs per task; none: the task's (3; 10 for RTE and STS-B)", valid=POSITIVE)
+    large_task_epochs: int | None = option(None, 'epochs for MNLI, QNLI and QQP (TUPE: 5); none: as the others',
+                                           valid=POSITIVE)
+    warmup_fraction: float = option(0.1, 'linear warmup, as a fraction of all steps of a run', valid=within(0, 1, '[)'))
+    weight_decay: float = option(0.0, 'decoupled weight decay (0 for GLUE)')
+    adam_eps: float = option(1e-6, 'Adam epsilon (Adam without bias correction)')
+    clip: float = option(1.0, 'global gradient-norm clip')
+    loss_reduction: str = option('sum', "a batch's loss: the 'sum' of its examples' losses (the official code) "
+                                 "or their 'mean'", choices=['sum', 'mean'])
+    dropout: float = option(0.1, 'dropout on the [CLS] vector before the classifier')
 
     PRESETS = {
         'demo': dict(n_runs=3),
@@ -110,32 +126,14 @@ class MyConfig(Config):
 
     def validate(self):
         super().validate()
-        self.check(self.n_runs > 0, f'--n_runs must be positive, got {self.n_runs}')
-        self.check(self.batch_size > 0, f'--batch_size must be positive, got {self.batch_size}')
-        self.check(self.epochs is None or self.epochs > 0, f'--epochs must be positive, got {self.epochs}')
-        self.check(self.lr is None or self.lr > 0, f'--lr must be positive, got {self.lr}')
         self.check(all(lr > 0 for lr in self.rates),
                    f"--lrs must be positive numbers separated by commas, e.g. 2e-5,3e-5, got '{self.lrs}'")
-        self.check(self.large_task_epochs is None or self.large_task_epochs > 0,
-                   f'--large_task_epochs must be positive, got {self.large_task_epochs}')
-        self.check(self.layer_lr_decay is None or 0 < self.layer_lr_decay <= 1,
-                   f'--layer_lr_decay must be in (0, 1], got {self.layer_lr_decay}')
-        self.check(0 <= self.warmup_fraction < 1, f'--warmup_fraction must be in [0, 1), got {self.warmup_fraction}')
-        self.check(0 < self.dev_fraction < 1, f'--dev_fraction must be in (0, 1), got {self.dev_fraction}')
-        self.check(8 <= self.max_length <= 512, f'--max_length must be in [8, 512], got {self.max_length}')
-        self.check(self.log_every > 0, f'--log_every must be positive, got {self.log_every}')
         parse_loggers(self.logger)
         self.task_names = parse_tasks(self.tasks)  # unknown task names and missing folders fail here, before any
         glue_source(self.glue_dir)                 # model is loaded
 
     @property
-    def loggers(self): return parse_loggers(self.logger)
-
-    @property
-    def rates(self):
-        """--lrs as numbers, sorted, without repeats ([] without a search; [-1.0] when unreadable)."""
-        try: return sorted({float(lr) for lr in self.lrs.split(',') if lr.strip()})
-        except ValueError: return [-1.0]
+    def rates(self): return parse_rates(self.lrs)  # [] without a search
 
 
 cfg = MyConfig.from_cli()
@@ -148,14 +146,14 @@ print(cfg)
 
 pretrained = load_pretrained(cfg.model, cfg.size)
 check_max_length(pretrained, cfg.max_length)
-recipe = recipe_for(pretrained.size, lr=cfg.lr, layer_lr_decay=cfg.layer_lr_decay,
-                    fix_layer_decay=cfg.fix_layer_decay, batch_size=cfg.batch_size, epochs=cfg.epochs,
-                    large_task_epochs=cfg.large_task_epochs,
-                    warmup_fraction=cfg.warmup_fraction, weight_decay=cfg.weight_decay, adam_eps=cfg.adam_eps,
-                    clip=cfg.clip, loss_reduction=cfg.loss_reduction, dropout=cfg.dropout,
-                    max_length=cfg.max_length)
+# One recipe per learning rate (several: a search, --lrs); each goes, as it is, to its runs and their optimizers
+recipes = recipes_for(pretrained.size, cfg.rates, lr=cfg.lr, layer_lr_decay=cfg.layer_lr_decay,
+                      fix_layer_decay=cfg.fix_layer_decay, batch_size=cfg.batch_size, epochs=cfg.epochs,
+                      large_task_epochs=cfg.large_task_epochs, warmup_fraction=cfg.warmup_fraction,
+                      weight_decay=cfg.weight_decay, adam_eps=cfg.adam_eps, clip=cfg.clip,
+                      loss_reduction=cfg.loss_reduction, dropout=cfg.dropout, max_length=cfg.max_length)
+recipe, rates = recipes[0], ', '.join(f'{r.lr:g}' for r in recipes)
 config = pretrained.electra.config
-rates = ', '.join(f'{lr:g}' for lr in cfg.rates or [recipe.lr])  # several: a search (--lrs)
 print(f'Model: {pretrained.source}\n  hidden {config.hidden_size}, {config.num_hidden_layers} layers, '
       f'{count_parameters(pretrained.electra) / 1e6:.1f}M parameters -> the {pretrained.size} recipe: '
       f'lr {rates}, layer decay {recipe.layer_lr_decay:g} '
@@ -180,8 +178,7 @@ model_dir = project_path(cfg.checkpoint_dir) / group
 if cfg.save_models: ensure_writable(model_dir, '--checkpoint_dir')
 output_dir = ensure_writable(project_path(cfg.output_dir) / group, '--output_dir')
 # one plan per learning rate (one rate without --lrs): its folders, settings and, with --resume, its finished runs
-plans = plan_rates(cfg.rates or [recipe.lr], recipe, log_dir, model_dir, pretrained, source, cfg.dev_fraction,
-                   cfg.resume)
+plans = plan_rates(recipes, log_dir, model_dir, pretrained, source, cfg.dev_fraction, cfg.resume)
 
 
 # ## 4. The tasks
@@ -209,23 +206,9 @@ device = pick_device(cfg.device)
 precision = pick_precision(cfg.precision, device)
 seeds = run_seeds(cfg.seed, cfg.n_runs)
 print(f'{len(data)} tasks x {cfg.n_runs} runs (seeds {seeds[0]}..{seeds[-1]}) x lr {rates} on {device} ({precision})')
-
-by_rate = {}  # {lr: {task: TaskResult}}
-try:
-    for plan in plans:
-        runs_log = RunsLog(plan.log_dir / 'runs.csv', append=cfg.resume, settings=plan.settings)
-        print(f"lr {plan.lr:g}: every epoch's dev metrics -> {runs_log.path}{' (appended)' if cfg.resume else ''}")
-        results = by_rate[plan.lr] = {}
-        for name, task_data in data.items():
-            done, best_file = plan.finished.get(name, {}), plan.model_dir / f'{name}.pth'
-            save_best = (lambda run, path=best_file: save_finetuned(run, pretrained, path)) if cfg.save_models else None
-            results[name] = finetune_task(task_data, pretrained, plan.recipe, seeds, runs_log, precision, device,
-                                          log_root=plan.log_dir, loggers=cfg.loggers, log_every=cfg.log_every,
-                                          config=cfg.to_dict(), finished=done, best=saved_best(best_file, done),
-                                          on_best=save_best)
-except KeyboardInterrupt:  # Ctrl-C: the finished runs are on disk already (runs.csv, the best weights)
-    raise SystemExit(f'\ninterrupted during {name}: the finished runs are in {runs_log.path}; run the same command '
-                     'with --resume to train only the missing runs') from None
+by_rate = finetune_plans(plans, data, pretrained, seeds, precision, device, resume=cfg.resume,
+                         save_models=cfg.save_models, loggers=cfg.loggers, log_every=cfg.log_every,
+                         config=cfg.to_dict())  # {lr: {task: TaskResult}}
 failed = [line for results in by_rate.values() for result in results.values() for line in result.failed]
 
 
@@ -237,22 +220,8 @@ failed = [line for results in by_rate.values() for result in results.values() fo
 # search's table shows every rate's median per task, the best rate and its median (TUPE's reported number); the test
 # set is then predicted by the best run of the best rate.
 
-runs_by_rate = {lr: [run for result in results.values() for run in result.runs] for lr, results in by_rate.items()}
-if not any(runs_by_rate.values()): raise SystemExit('every run failed (see above); nothing to summarize')
 title = f'GLUE dev, {pretrained.name}, {cfg.n_runs} runs per task'
-for plan in plans:
-    if not runs_by_rate[plan.lr]: continue
-    table, average = summarize(runs_by_rate[plan.lr])
-    if len(plans) > 1: print(f'lr {plan.lr:g}:')
-    print(format_table(table))
-    summary_files = save_summary(table, plan.log_dir, title=title + f', lr {plan.lr:g}' * (len(plans) > 1))
-    print(f"Saved {', '.join(str(p) for p in summary_files)}")
-best_rate = {name: plans[0].lr for name in data}
-if len(plans) > 1:  # TUPE's choice: per task, the rate with the best median
-    search, best_rate = lr_search({lr: runs for lr, runs in runs_by_rate.items() if runs})
-    print(f"Learning-rate search, the median of {cfg.n_runs} runs per rate:\n{formatted_search(search).to_string()}")
-    print(f"Saved {', '.join(str(p) for p in save_search(search, log_dir, title=title + ' and rate'))}")
-results = {name: by_rate[lr][name] for name, lr in best_rate.items() if name in by_rate[lr]}
+results, table = best_rate_results(plans, by_rate, cfg.n_runs, title, log_dir)  # {task: TaskResult} of its best rate
 all_runs = [run for result in results.values() for run in result.runs]
 skipped.update({name: 'has no run with saved weights' if result.runs else 'failed in every run'
                 for name, result in results.items() if result.best is None})
@@ -278,7 +247,5 @@ print(f"Wrote {len(submission.files)} of 11 files and {submission.zip_path}")
 if submission.missing:
     print('Missing for a complete GLUE server upload:\n' + missing_files_report(submission, results, skipped))
 print(f'Done in {(time.perf_counter() - started) / 60:.1f} min')
-if failed:
-    raise SystemExit(f"{len(failed)} run{'s' * (len(failed) > 1)} failed (listed above); the others' results are "
-                     'saved: run the same command with --resume to train only the missing runs')
+stop_if_failed(failed)  # the exit status says so, with how to train only the missing runs
 

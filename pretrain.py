@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-# coding: utf-8
+# Generated from Pretrain.ipynb by `make scripts`: edit the notebook, not this file.
 
 # # Pretrain ELECTRA from scratch
 # 
@@ -14,26 +14,24 @@
 import os
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 
 warnings.filterwarnings('ignore', message='.*torch.jit.script.*is deprecated')  # raised inside a dependency
 
 from _utils.callbacks import Checkpointer, GracefulStop, NonFiniteLoss
 from _utils.checkpoint import (find_checkpoint, import_huggingface, load_checkpoint, load_weights, make_checkpoint,
                                own_pair_named, restore_training_state, tokenizer_from_checkpoint)
-from _utils.config import Config, option
-from _utils.electra import MASK_PROB, OBJECTIVES, SIZES, step_metrics
-from _utils.errors import ensure_writable, install_excepthook
+from _utils.config import NOT_NEGATIVE, POSITIVE, Config, option, within
+from _utils.electra import MASK_PROB, SIZES, step_metrics
+from _utils.errors import ensure_writable
 from _utils.files import project_path
 from _utils.learner import (init_distributed, one_process_at_a_time, pick_device, pick_precision, process_rank,
                             seed_everything, seed_masking)
 from _utils.loggers import LOGGERS, MetricsLogger, parse_loggers
+from _utils.objectives import OBJECTIVES, objectives_help
 from _utils.positions import POSITIONS
 from _utils.pretraining import (COMPILE_MODES, build_electra, describe_models, last_batch_auc, pick_compile,
                                 pretraining_learner, split_held_out, step_dataloader)
 from _utils.text import load_tokenizer, pretraining_examples, train_tokenizer
-
-install_excepthook()  # in the script, bad input gives one clear line instead of a traceback
 
 
 # ## 1. Configuration
@@ -48,12 +46,22 @@ install_excepthook()  # in the script, bad input gives one clear line instead of
 # continues Hugging Face ELECTRA models; `--pair file.py:function` trains a generator and discriminator of your own.
 
 @dataclass
-class MyConfig(Config):
-    """Pretrain an ELECTRA generator and discriminator on a text corpus (defaults: RECIPE.md, ELECTRA-Small)."""
+class Model(Config):
+    """What is pretrained, and on what text."""
     preset: str = option('demo', 'a group of settings (see below); fields given on the command line win',
                          choices=['demo', 'cpu', 'paper-small', 'paper-base', 'paper-large', 'none'])
     size: str = option('small', 'model size (RECIPE.md "Model sizes"); tiny is this project\'s quick CPU size',
                        choices=list(SIZES))
+    objective: str = option('electra', "what to pretrain (the paper's, or a comparison of its Table 5): "
+                            + objectives_help(), choices=list(OBJECTIVES))
+    position: str = option('absolute', "where a token is: 'absolute' (the paper's position embeddings), 'tupe-a' "
+                           "(TUPE's untied positional attention), 'tupe-r' (TUPE-A + relative-position bias), "
+                           "'rope' (rotary: queries and keys turned by their position) or 'alibi' (scores minus a "
+                           "fixed slope per head times the distance)", choices=list(POSITIONS))
+    pair: str = option('', "your own generator and discriminator: 'file.py:function' or 'module:function', called as "
+                       'function(vocab_size, max_length) -> (generator, discriminator) (README); empty: ELECTRA')
+    init_from: str = option('', 'continue pretraining Hugging Face ELECTRA models: a folder holding generator/ and '
+                            "discriminator/, or 'generator,discriminator' (folders or hub ids); its tokenizer too")
     corpus: str = option('bundled', "'bundled' (datasets/wiki_sample), a .txt file or folder of them, or a Hugging "
                          "Face dataset name[:config], e.g. Skylion007/openwebtext")
     tokenizer: str = option('bundled', "'bundled' (BERT uncased, 30,522 tokens), a vocab.txt, a tokenizer folder, a "
@@ -63,53 +71,29 @@ class MyConfig(Config):
     lowercase: bool = option(True, 'with --tokenizer train: lower-case the text, as BERT uncased does')
     strip_accents: bool | None = option(None, 'with --tokenizer train: remove accents (é -> e); none: as --lowercase, '
                                         'as BERT does (Spanish usually keeps them: --strip_accents false)')
-    max_steps: int = option(1_000_000, 'optimizer steps to train for')
-    batch_size: int = option(128, 'global batch size (split across processes)')
-    max_length: int = option(128, 'tokens per example')
-    lr: float = option(5e-4, 'peak learning rate')
-    warmup_steps: int = option(10_000, 'linear warmup steps (warmup multiplies the linear decay)')
-    mask_prob: float = option(MASK_PROB, 'fraction of tokens masked (0.25 for Large)')
+
+
+# The recipe. The defaults are the paper's ELECTRA-Small; the `cpu` preset (and the `demo`, which is it on the bundled
+# sample) is this project's CPU recipe, chosen by measurement: the printed config marks every field where it
+# departs from the paper (`<- the paper: ...`). Each field's rule (`valid=`) is checked as the config is built.
+
+@dataclass
+class Training(Model):
+    """How it trains: the recipe (RECIPE.md), and the presets."""
+    max_steps: int = option(1_000_000, 'optimizer steps to train for', valid=POSITIVE)
+    batch_size: int = option(128, 'global batch size (split across processes)', valid=POSITIVE)
+    max_length: int = option(128, 'tokens per example', valid=within(8, 512, why=' (the model has 512 positions)'))
+    lr: float = option(5e-4, 'peak learning rate', valid=POSITIVE)
+    warmup_steps: int = option(10_000, 'linear warmup steps (warmup multiplies the linear decay)', valid=NOT_NEGATIVE)
+    mask_prob: float = option(MASK_PROB, 'fraction of tokens masked (0.25 for Large)', valid=within(0, 1, '()'))
     weight_decay: float = option(0.01, 'decoupled weight decay, not on LayerNorm or bias')
     adam_eps: float = option(1e-6, 'Adam epsilon (Adam without bias correction)')
     clip: float = option(1.0, 'global gradient-norm clip, on unscaled gradients')
-    dropout: float = option(0.1, "dropout of both networks built here (RECIPE.md: 0.1; not --pair / --init_from's)")
+    dropout: float = option(0.1, "dropout of both networks built here (RECIPE.md: 0.1; not --pair / --init_from's)",
+                            valid=within(0, 1, '[)'))
     generator_weight: float = option(1.0, 'weight of the generator\'s MLM loss')
     discriminator_weight: float = option(50.0, 'weight of the discriminator\'s loss')
-    objective: str = option('electra', "what to pretrain: 'electra' (the paper's), or a comparison of its Table 5: "
-                            "'electra-15' (discriminator loss on masked tokens only), 'replace-mlm' (MLM on generator "
-                            "samples), 'mlm' (BERT)", choices=list(OBJECTIVES))
-    position: str = option('absolute', "where a token is: 'absolute' (the paper's position embeddings), 'tupe-a' "
-                           "(TUPE's untied positional attention), 'tupe-r' (TUPE-A + relative-position bias), "
-                           "'rope' (rotary: queries and keys turned by their position) or 'alibi' (scores minus a "
-                           "fixed slope per head times the distance)", choices=list(POSITIONS))
-    pair: str = option('', "your own generator and discriminator: 'file.py:function' or 'module:function', called as "
-                       'function(vocab_size, max_length) -> (generator, discriminator) (README); empty: ELECTRA')
-    init_from: str = option('', 'continue pretraining Hugging Face ELECTRA models: a folder holding generator/ and '
-                            "discriminator/, or 'generator,discriminator' (folders or hub ids); its tokenizer too")
     seed: int = option(0, 'random seed (data order, masking, initialisation)')
-    run_name: str = option('', 'name for checkpoints and logs; empty: the preset (or size) name')
-    precision: str = option('auto', 'auto: bf16 where the hardware is fast at it, else fp16 (GPU) / fp32 (CPU)',
-                            choices=['auto', 'fp32', 'bf16', 'fp16'])
-    compile: str = option('auto', 'torch.compile mode for the step; auto: reduce-overhead (CUDA graphs) on one GPU, '
-                          'default on several, none on CPUs (falls back to eager if compiling fails)',
-                          choices=list(COMPILE_MODES))
-    device: str = option('auto', 'auto, cpu, cuda or cuda:N')
-    logger: str = option('csv,tensorboard', f"comma-separated loggers among {', '.join(LOGGERS)}, or none")
-    log_every: int = option(50, 'log metrics every N steps')
-    checkpoint_fractions: str = option('0.0625,0.125,0.25,0.5,1', 'save checkpoints at these fractions of the run')
-    checkpoint_dir: str = option('checkpoints/pretrain', 'where checkpoints go (relative paths: from the project folder)')
-    log_dir: str = option('logs/pretrain', 'where logs go, a sub-folder per run (relative: from the project folder)')
-    data_cache: str = option('datasets/cache', 'where tokenized, packed examples are cached (relative: from the '
-                             'project folder)')
-    resume: str = option('', "continue a run exactly: 'latest' (newest checkpoint in checkpoint_dir, of --run_name "
-                         "if given) or a checkpoint path; the run's own settings are used, command-line fields win")
-    save_every: int = option(1000, 'also save a rolling checkpoint every N steps (0: never); the newest keep_last stay')
-    keep_last: int = option(2, 'how many rolling checkpoints to keep')
-    skip_nonfinite: bool = option(False, 'skip steps whose loss is nan/inf instead of stopping the run')
-    num_workers: int = option(-1, 'data loader worker processes; -1: none on CPU, 4 on GPU')
-    num_proc: int = option(0, 'processes that tokenize the corpus; 0: one per core')
-    held_out: int = option(256, 'examples of the corpus set aside, never trained on, to measure the discriminator '
-                           'and the generator on at the end (at most a tenth of the corpus; 0: none)')
 
     # The CPU recipe, chosen by measurement (bench/RESULTS.md, "A CPU recipe"): what taught the discriminator fastest
     # per CPU-minute with ELECTRA's objective. The printed config marks where it departs from the paper.
@@ -131,17 +115,40 @@ class MyConfig(Config):
                      'mask_prob', 'weight_decay', 'adam_eps', 'clip', 'dropout', 'generator_weight',
                      'discriminator_weight', 'objective', 'position')
 
+
+# Where it runs and what it writes: the run's name, device and precision, logs, checkpoints (and resuming from one),
+# the data cache, and the held-out examples the verdict at the end reads.
+
+@dataclass
+class MyConfig(Training):
+    """Pretrain an ELECTRA generator and discriminator on a text corpus (defaults: RECIPE.md, ELECTRA-Small)."""
+    run_name: str = option('', 'name for checkpoints and logs; empty: the preset (or size) name')
+    precision: str = option('auto', 'auto: bf16 where the hardware is fast at it, else fp16 (GPU) / fp32 (CPU)',
+                            choices=['auto', 'fp32', 'bf16', 'fp16'])
+    compile: str = option('auto', 'torch.compile mode for the step; auto: reduce-overhead (CUDA graphs) on one GPU, '
+                          'default on several, none on CPUs (falls back to eager if compiling fails)',
+                          choices=list(COMPILE_MODES))
+    device: str = option('auto', 'auto, cpu, cuda or cuda:N')
+    logger: str = option('csv,tensorboard', f"comma-separated loggers among {', '.join(LOGGERS)}, or none")
+    log_every: int = option(50, 'log metrics every N steps', valid=POSITIVE)
+    checkpoint_fractions: str = option('0.0625,0.125,0.25,0.5,1', 'save checkpoints at these fractions of the run')
+    checkpoint_dir: str = option('checkpoints/pretrain', 'where checkpoints go (relative paths: from the project '
+                                 'folder)')
+    log_dir: str = option('logs/pretrain', 'where logs go, a sub-folder per run (relative: from the project folder)')
+    data_cache: str = option('datasets/cache', 'where tokenized, packed examples are cached (relative: from the '
+                             'project folder)')
+    resume: str = option('', "continue a run exactly: 'latest' (newest checkpoint in checkpoint_dir, of --run_name "
+                         "if given) or a checkpoint path; the run's own settings are used, command-line fields win")
+    save_every: int = option(1000, 'also save a rolling checkpoint every N steps (0: never); the newest keep_last stay')
+    keep_last: int = option(2, 'how many rolling checkpoints to keep')
+    skip_nonfinite: bool = option(False, 'skip steps whose loss is nan/inf instead of stopping the run')
+    num_workers: int = option(-1, 'data loader worker processes; -1: none on CPU, 4 on GPU')
+    num_proc: int = option(0, 'processes that tokenize the corpus; 0: one per core')
+    held_out: int = option(256, 'examples of the corpus set aside, never trained on, to measure the discriminator '
+                           'and the generator on at the end (at most a tenth of the corpus; 0: none)')
+
     def validate(self):
-        super().validate()
-        self.check(self.max_steps > 0, f'--max_steps must be positive, got {self.max_steps}')
-        self.check(self.batch_size > 0, f'--batch_size must be positive, got {self.batch_size}')
-        self.check(8 <= self.max_length <= 512, f'--max_length must be in [8, 512] (the model has 512 positions), '
-                                                f'got {self.max_length}')
-        self.check(0 < self.mask_prob < 1, f'--mask_prob must be in (0, 1), got {self.mask_prob}')
-        self.check(0 <= self.dropout < 1, f'--dropout must be in [0, 1), got {self.dropout}')
-        self.check(self.lr > 0, f'--lr must be positive, got {self.lr}')
-        self.check(self.warmup_steps >= 0, f'--warmup_steps must be >= 0, got {self.warmup_steps}')
-        self.check(self.log_every > 0, f'--log_every must be positive, got {self.log_every}')
+        super().validate()  # each field's choices and rule (`valid=`)
         self.check(not (self.pair and self.init_from), 'give --pair or --init_from, not both')
         parse_loggers(self.logger)
         self.check(all(0 < f <= 1 for f in self.fractions), '--checkpoint_fractions must be numbers in (0, 1]')
@@ -155,6 +162,9 @@ class MyConfig(Config):
         try: return [float(f) for f in self.checkpoint_fractions.split(',') if f.strip()]
         except ValueError: return [-1.0]
 
+
+# The config: defaults < preset < `$ELECTRA_ARGS` < the command line. `--resume` takes the saved run's settings,
+# with the fields given on the command line on top.
 
 cfg = MyConfig.from_cli()
 if (cfg.pair or cfg.init_from) and 'position' not in cfg.given:

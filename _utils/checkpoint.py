@@ -11,10 +11,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .electra import DETECTION_OBJECTIVES
-from .errors import UserError, first_line
+from .errors import UserError
 from .files import PROJECT_DIR, safe_load
+from .objectives import DEFAULT_OBJECTIVE, objective_named
 from .positions import check_exportable, position_of
+from .sources import hf_model, hf_tokenizer, resolve_model
 
 FORMAT = 'electra-fastai-pretrain/1'
 CHECKPOINT_DIR = PROJECT_DIR / 'checkpoints' / 'pretrain'
@@ -51,7 +52,7 @@ def make_checkpoint(electra, tokenizer, config, step, total_steps, optimizer=Non
     """The checkpoint dict (weights on CPU); `config` is a plain dict of the run's settings."""
     cpu = lambda sd: {k: v.detach().cpu() for k, v in sd.items()}
     gen = electra.generator  # None with the mlm objective
-    objective = getattr(electra, 'objective', 'electra')  # any holder of a generator and a discriminator
+    objective = getattr(electra, 'objective', DEFAULT_OBJECTIVE)  # any holder of a generator and a discriminator
     config_of = lambda model: model.config.to_dict() if hasattr(model, 'config') else None  # None: --pair's own
     ckpt = dict(format=FORMAT, step=step, total_steps=total_steps, config=dict(config), objective=objective,
                 pair=getattr(electra, 'pair', None),
@@ -90,13 +91,8 @@ def tokenizer_from_checkpoint(ckpt):
 
 
 def objective_of(ckpt):
-    """The pretraining objective a checkpoint was trained with (checkpoints older than the option: 'electra')."""
-    return ckpt.get('objective', 'electra')
-
-
-def checkpoint_position(ckpt):
-    """The position option a checkpoint's models use (checkpoints older than the option: 'absolute')."""
-    return (ckpt['discriminator_config'] or {}).get('position', 'absolute')
+    """The pretraining objective a checkpoint was trained with (checkpoints older than the option: the default)."""
+    return ckpt.get('objective', DEFAULT_OBJECTIVE)
 
 
 def models_from_checkpoint(ckpt, pair=''):
@@ -128,15 +124,16 @@ def newest_checkpoint(directory=CHECKPOINT_DIR, pattern='*.pth'):
 
 
 def export_huggingface(ckpt, out_dir):
-    """Write the discriminator and generator in the Hugging Face format (`from_pretrained` loads them). With an MLM
-    objective the model goes to `mlm/` (an `ElectraForMaskedLM`), and the generator, if the objective has one, to
-    `generator/`. TUPE models are refused before anything is written (`positions.check_exportable`)."""
+    """Write the discriminator and generator in the Hugging Face format (`from_pretrained` loads them). The second
+    model goes to the folder named for its head (the objective's entry): `discriminator/`, or `mlm/` for an
+    `ElectraForMaskedLM`; the generator, if the objective has one, to `generator/`. TUPE models are refused before
+    anything is written (`positions.check_exportable`)."""
     out_dir = Path(out_dir)
     check_own_pair(ckpt, 'exported to the Hugging Face format')
     gen, disc = models_from_checkpoint(ckpt)
     check_exportable(disc.config)
     tok = tokenizer_from_checkpoint(ckpt)
-    main = 'discriminator' if objective_of(ckpt) in DETECTION_OBJECTIVES else 'mlm'
+    main = objective_named(objective_of(ckpt)).head  # discriminator/ or mlm/
     for name, model in ((main, disc), ('generator', gen)):
         if model is None: continue
         model.save_pretrained(out_dir / name)
@@ -181,6 +178,10 @@ def check_own_pair(ckpt, what):
                         "dicts are ckpt['generator'] and ckpt['discriminator'] for your own code")
 
 
+INIT_ALTERNATIVES = ("a folder holding generator/ and discriminator/, or 'generator,discriminator' (folders or hub "
+                     'ids)')
+
+
 def import_huggingface(source):
     """(generator, discriminator, tokenizer or None) from Hugging Face ELECTRA models, to continue pretraining them.
 
@@ -189,33 +190,36 @@ def import_huggingface(source):
     google/electra-small-generator,google/electra-small-discriminator; hub ids need network). The whole embedding
     block is shared again, as in training (the discriminator's copy is kept), and the generator's output layer is
     tied to it. The tokenizer is the discriminator folder's, if it has one."""
-    from transformers import ElectraForMaskedLM, ElectraForPreTraining
-
     from .electra import share_embeddings
-    from .text import load_tokenizer
     parts = [p.strip() for p in str(source).split(',') if p.strip()]
-    if len(parts) == 1 and Path(parts[0]).is_dir():
-        parts = [str(Path(parts[0]) / 'generator'), str(Path(parts[0]) / 'discriminator')]
-    if len(parts) != 2:
-        raise UserError(f"--init_from '{source}': give a folder holding generator/ and discriminator/, or "
-                        "'generator,discriminator' (folders or hub ids)")
-    models = []
-    for cls, part in zip((ElectraForMaskedLM, ElectraForPreTraining), parts):
-        if part.startswith(('.', '/', '~')) and not Path(part).is_dir():
-            raise UserError(f"--init_from: '{part}' is not a folder; give Hugging Face ELECTRA folders or hub ids")
-        try:
-            models.append(cls.from_pretrained(part, attn_implementation='sdpa'))
-        except Exception as e:  # not ELECTRA, no network, no such id: one line
-            raise UserError(f"--init_from: cannot load '{part}' as {cls.__name__} ({first_line(e)[:200]})") from None
-    gen, disc = models
+    if len(parts) == 1:  # an export's generator/ and discriminator/ (None where missing, or not an export)
+        found = resolve_model(parts[0], INIT_ALTERNATIVES, option='--init_from')
+        parts = [found.part('generator'), found.part('discriminator')]
+    if len(parts) != 2 or None in parts:
+        raise UserError(f"--init_from '{source}': give {INIT_ALTERNATIVES}")
+    generator, discriminator = [_one_model(part) for part in parts]
+    gen = hf_model(generator, 'generator', INIT_ALTERNATIVES, attn_implementation='sdpa')
+    disc = hf_model(discriminator, 'discriminator', INIT_ALTERNATIVES, attn_implementation='sdpa')
     if gen.config.embedding_size != disc.config.embedding_size or gen.config.vocab_size != disc.config.vocab_size:
         raise UserError(f'--init_from: the generator\'s embeddings ({gen.config.vocab_size} x '
                         f'{gen.config.embedding_size}) differ in shape from the discriminator\'s '
                         f'({disc.config.vocab_size} x {disc.config.embedding_size}): they cannot be shared')
     share_embeddings(gen, disc)
-    try: tokenizer = load_tokenizer(parts[1])
+    try: tokenizer = hf_tokenizer(discriminator, INIT_ALTERNATIVES)
     except UserError: tokenizer = None
     return gen, disc, tokenizer
+
+
+def _one_model(part):
+    """Where one of --init_from's 'generator,discriminator' is: a folder of one model or a hub id."""
+    try:
+        found = resolve_model(part, INIT_ALTERNATIVES, option='--init_from')
+    except UserError:  # a missing path, a folder of neither kind: the one refusal below
+        found = None
+    if found is None or found.kind not in ('folder', 'hub'):
+        raise UserError(f"--init_from: '{part}' is not a folder of one Hugging Face model or a hub id; give Hugging "
+                        'Face ELECTRA folders or hub ids')
+    return found.where
 
 
 def find_checkpoint(spec, directory=CHECKPOINT_DIR, run_name=None):
@@ -231,7 +235,8 @@ def load_weights(electra, ckpt, tokenizer=None):
         if saved.get_vocab() != tokenizer.get_vocab():
             raise UserError(f'the tokenizer ({len(tokenizer):,} tokens) does not match the checkpoint\'s '
                             f'({len(saved):,} tokens); use the tokenizer the run was trained with')
-    position, own = checkpoint_position(ckpt), position_of(getattr(electra.discriminator, 'config', None))
+    position = position_of(ckpt['discriminator_config'])
+    own = position_of(getattr(electra.discriminator, 'config', None))
     if position != own:
         raise UserError(f"the checkpoint was trained with --position {position}, this model has {own}; use "
                         f"--position {position}")

@@ -13,12 +13,29 @@ import shlex
 import sys
 import typing
 
-from .errors import UserError, did_you_mean
+from .errors import UserError, did_you_mean, install_excepthook
 
 
-def option(default, help, choices=None):
-    """A config field with its help text (and allowed values, checked by `validate`)."""
-    return dataclasses.field(default=default, metadata={'help': help, 'choices': choices})
+def option(default, help, choices=None, valid=None):
+    """A config field with its help text, and what `validate` checks: its allowed values (`choices`) or a rule
+    (`valid`: `POSITIVE`, `NOT_NEGATIVE`, `within(...)`; None passes)."""
+    return dataclasses.field(default=default, metadata={'help': help, 'choices': choices, 'valid': valid})
+
+
+def rule(says, ok):
+    """A check for `option(valid=...)`: `ok(value)` must hold, else '--field <says>, got <value>'."""
+    return says, ok
+
+
+POSITIVE = rule('must be positive', lambda v: v > 0)
+NOT_NEGATIVE = rule('must be >= 0', lambda v: v >= 0)
+
+
+def within(low, high, brackets='[]', why=''):
+    """A value in an interval, e.g. within(0, 1, '[)') for [0, 1); `why` is added to the message."""
+    above = (lambda v: v >= low) if brackets[0] == '[' else (lambda v: v > low)
+    below = (lambda v: v <= high) if brackets[1] == ']' else (lambda v: v < high)
+    return rule(f'must be in {brackets[0]}{low:g}, {high:g}{brackets[1]}{why}', lambda v: above(v) and below(v))
 
 
 class Config:
@@ -57,7 +74,9 @@ class Config:
     # -- building --------------------------------------------------------------------------------------------------
     @classmethod
     def from_cli(cls, argv=None, prog=None):
-        """Defaults, then preset, then $ELECTRA_ARGS, then `argv` (default: sys.argv[1:], or none inside Jupyter)."""
+        """Defaults, then preset, then $ELECTRA_ARGS, then `argv` (default: sys.argv[1:], or none inside Jupyter).
+        In a script (not in Jupyter), from here on a `UserError` prints one line instead of a traceback."""
+        if not _in_notebook(): install_excepthook()
         if argv is None: argv = [] if _in_notebook() else sys.argv[1:]
         argv = shlex.split(os.environ.get('ELECTRA_ARGS', '')) + [a for a in argv if a != '--debug']
         if '-h' in argv or '--help' in argv:
@@ -118,13 +137,16 @@ class Config:
 
     # -- checking --------------------------------------------------------------------------------------------------
     def validate(self):
-        """Check choices; subclasses add range checks (call super().validate())."""
+        """Check each field's choices and rule (`option`); subclasses add checks across fields (call
+        super().validate())."""
         for f in dataclasses.fields(self):
-            choices = f.metadata.get('choices')
+            choices, valid = f.metadata.get('choices'), f.metadata.get('valid')
             value = getattr(self, f.name)
             if choices and value not in choices:
                 raise UserError(f"--{f.name} '{value}' is not one of {', '.join(map(str, choices))}"
                                 f"{_did_you_mean(str(value), choices)}")
+            if valid and value is not None and not valid[1](value):
+                raise UserError(f'--{f.name} {valid[0]}, got {value}')
 
     def check(self, ok, message):
         if not ok: raise UserError(message)

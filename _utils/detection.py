@@ -24,10 +24,9 @@ import torch
 
 from .checkpoint import (CHECKPOINT_DIR, check_own_pair, load_checkpoint, models_from_checkpoint, newest_checkpoint,
                          objective_of, tokenizer_from_checkpoint)
-from .electra import DETECTION_OBJECTIVES
 from .errors import UserError, first_line
-from .positions import position_of
-from .text import load_tokenizer, looks_like_path
+from .objectives import OBJECTIVES, objective_named
+from .sources import hf_model, hf_tokenizer, resolve_model
 
 THRESHOLD = 0.5  # flag a word when P(replaced) is above this
 MODEL_ALTERNATIVES = ("--model latest (newest checkpoint of pretrain.py), a .pth checkpoint, a folder written by "
@@ -112,15 +111,14 @@ def load_detector(model='latest', generator='', device='cpu', checkpoint_dir=CHE
     generator  '' (the model's own, if it has one) or an ElectraForMaskedLM folder or hub id
     need_generator  refuse a model without a generator (corrections were asked for) before any text is read
     """
-    if model == 'latest': model = str(newest_checkpoint(checkpoint_dir))
-    path = Path(os.path.expanduser(model))
-    if path.is_file(): detector = _from_checkpoint(path)
-    elif path.is_dir(): detector = _from_folder(path)
-    elif looks_like_path(model) or model.endswith(('.pth', '.pt')):
-        raise UserError(f"--model '{model}' does not exist; give {MODEL_ALTERNATIVES}")
-    else: detector = Detector(_hf_model(model, 'discriminator'), _hf_tokenizer(model), None, f'hub {model}')
+    source = resolve_model(model, MODEL_ALTERNATIVES, latest=lambda: newest_checkpoint(checkpoint_dir))
+    if source.kind == 'checkpoint': detector = _from_checkpoint(source.where)
+    elif source.kind == 'export': detector = _from_export(source)
+    elif source.kind == 'folder':
+        detector = _from_huggingface(source.where, f'Hugging Face folder {source.where.resolve()}')
+    else: detector = _from_huggingface(source.where, f'hub {source.where}')
     if generator:
-        detector.generator = _hf_model(generator, 'generator')
+        detector.generator = hf_model(generator, 'generator', MODEL_ALTERNATIVES)
         if detector.generator.config.vocab_size != detector.discriminator.config.vocab_size:
             raise UserError(f"--generator '{generator}' has a vocabulary of {detector.generator.config.vocab_size:,} "
                             f'tokens, the discriminator {detector.discriminator.config.vocab_size:,}; give the '
@@ -134,75 +132,34 @@ def _from_checkpoint(path):
     ckpt = load_checkpoint(path)
     check_own_pair(ckpt, 'used for detection, which needs Hugging Face ELECTRA models')
     objective = objective_of(ckpt)
-    if objective not in DETECTION_OBJECTIVES:
+    if not objective_named(objective).detects:
         raise UserError(f"checkpoint '{path}' was pretrained with --objective {objective}, which has no discriminator "
                         f"head to detect replaced words; give a checkpoint of --objective "
-                        f"{' or '.join(DETECTION_OBJECTIVES)}")
+                        f"{' or '.join(o.name for o in OBJECTIVES.values() if o.detects)}")
     generator, discriminator = models_from_checkpoint(ckpt)  # with the checkpoint's positions (TUPE too)
     return Detector(discriminator, tokenizer_from_checkpoint(ckpt), generator,
                     f"checkpoint {path.resolve()} (step {ckpt.get('step', '?')})")
 
 
-def _from_folder(folder):
-    if (folder / 'mlm').is_dir() and not (folder / 'discriminator').is_dir():
+def _from_export(source):
+    """What export_huggingface writes: discriminator/ and, where the objective has one, generator/."""
+    folder, discriminator = source.where, source.part('discriminator')
+    if discriminator is None and source.part('mlm') is not None:
         raise UserError(f"'{folder}' holds an MLM-objective export (mlm/), which has no discriminator head; export "
                         'a checkpoint of --objective electra')
-    export = (folder / 'discriminator').is_dir()
-    discriminator_dir = folder / 'discriminator' if export else folder
-    if not (discriminator_dir / 'config.json').is_file():
+    if discriminator is None:
         raise UserError(f"--model folder '{folder}' has neither discriminator/ nor config.json; give "
                         f'{MODEL_ALTERNATIVES}')
-    generator = _hf_model(folder / 'generator', 'generator') if export and (folder / 'generator').is_dir() else None
-    return Detector(_hf_model(discriminator_dir, 'discriminator'), _hf_tokenizer(discriminator_dir), generator,
-                    f'Hugging Face folder {folder.resolve()}')
+    detector = _from_huggingface(discriminator, f'Hugging Face folder {folder.resolve()}')
+    if source.part('generator') is not None:
+        detector.generator = hf_model(source.part('generator'), 'generator', MODEL_ALTERNATIVES)
+    return detector
 
 
-HF_CLASSES = {'discriminator': 'ElectraForPreTraining', 'generator': 'ElectraForMaskedLM'}
-
-
-def _hf_model(name_or_path, role):
-    """An ELECTRA discriminator or generator (`role`) from a folder or the hub; a config of another kind is refused
-    rather than loaded with a randomly initialised head."""
-    import transformers
-    config = _hf_load(lambda: transformers.AutoConfig.from_pretrained(str(name_or_path)), name_or_path)
-    expected = HF_CLASSES[role]
-    if config.model_type != 'electra' or expected not in (config.architectures or [expected]):
-        held = ', '.join(config.architectures or [config.model_type])
-        raise UserError(f"'{name_or_path}' holds {held}, not an ELECTRA {role} ({expected}); give the {role}'s "
-                        'folder or hub id')
-    if position_of(config) != 'absolute':  # Hugging Face's classes compute absolute positions only
-        raise UserError(f"'{name_or_path}' is a --position {position_of(config)} model, which Hugging Face's ELECTRA "
-                        'classes cannot compute; detect with its pretraining checkpoint instead')
-    return _hf_load(lambda: getattr(transformers, expected).from_pretrained(str(name_or_path)), name_or_path)
-
-
-def _hf_tokenizer(name_or_path):
-    tokenizer = _hf_load(lambda: load_tokenizer(str(name_or_path)), name_or_path)
-    if not getattr(tokenizer, 'is_fast', False):
-        raise UserError(f"the tokenizer of '{name_or_path}' is not a fast tokenizer, whose character offsets "
-                        'detection needs; save it with tokenizer.json')
-    return tokenizer
-
-
-def _hf_load(load, name):
-    """`load()` quietly (no progress bars, no retry warnings from the hub), a failure (offline, unknown id, unreadable
-    folder) as one line."""
-    from huggingface_hub.utils import logging as hub_logging
-    from transformers.utils import logging as hf_logging
-    verbosity, bars = hub_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
-    hub_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
-        return load()
-    except UserError as e:
-        raise UserError(f"cannot load '{name}': {e}") from None
-    except Exception as e:
-        local = Path(str(name)).exists()
-        where, fix = ('', 'give') if local else ('from the Hugging Face hub ', 'with no network give')
-        raise UserError(f"cannot load '{name}' {where}({first_line(e)[:200]}); {fix} {MODEL_ALTERNATIVES}") from None
-    finally:
-        hub_logging.set_verbosity(verbosity)
-        if bars: hf_logging.enable_progress_bar()
+def _from_huggingface(name_or_path, source):
+    """A discriminator's own folder or hub id with its tokenizer: detection only, unless --generator adds one."""
+    return Detector(hf_model(name_or_path, 'discriminator', MODEL_ALTERNATIVES),
+                    hf_tokenizer(name_or_path, MODEL_ALTERNATIVES), None, source)
 
 
 def require_generator(detector):
@@ -403,49 +360,3 @@ def to_json(detection):
         if w.proposals: words[-1]['proposals'] = [vars(p) for p in w.proposals]
     return json.dumps(dict(text=detection.text, threshold=detection.threshold, flagged=detection.flagged,
                            words=words), ensure_ascii=False)
-
-
-def plot_detections(detections, width=9.0, fontsize=12, cmap='Reds'):
-    """Each text's words as boxes coloured by P(replaced), white (0) to red (1), wrapped at `width` inches, one
-    block per text; flagged words outlined, with their probability beneath; a colour bar beside."""
-    import matplotlib.pyplot as plt
-    from matplotlib.backends.backend_agg import RendererAgg
-    from matplotlib.cm import ScalarMappable
-    from matplotlib.colors import Normalize
-    from matplotlib.font_manager import FontProperties
-    detections = [detections] if isinstance(detections, Detection) else list(detections)
-    dpi, font, colours = 100, FontProperties(size=fontsize), plt.get_cmap(cmap)
-    renderer = RendererAgg(1, 1, dpi)
-    inches = lambda s: renderer.get_text_width_height_descent(s, font, ismath=False)[0] / dpi
-    pad, gap, line = fontsize / 72 * 0.3, fontsize / 72 * 0.35, fontsize / 72 * 2.4  # inches
-    placed, row = [], 0.0  # (x, row, box width, word)
-    for detection in detections:
-        x, end = None, 0
-        for w in detection.words:
-            size = inches(w.text) + 2 * pad
-            # after the previous word: a gap, narrower for punctuation written against a word
-            x = 0.0 if x is None else x + (gap if w.start > end else gap / 4)
-            if x > 0 and x + size > width: x, row = 0.0, row + 1
-            placed.append((x, row, size, w))
-            x, end = x + size, w.end
-        row += 1.4  # a blank half line between texts
-    width = max(x + size for x, _, size, _ in placed)  # as wide as the longest line
-    height = max((row - 0.4) * line, 1.0)             # room for the colour bar beside a single line
-    fig = plt.figure(figsize=(width + 1.4, height + 0.3))
-    inches_to_figure = lambda left, bottom, w, h: [left / (width + 1.4), bottom / (height + 0.3), w / (width + 1.4),
-                                                   h / (height + 0.3)]
-    ax = fig.add_axes(inches_to_figure(0.1, 0.15, width, height))
-    ax.set(xlim=(0, width), ylim=(height, 0))
-    ax.axis('off')
-    for x, r, _, w in placed:
-        y = (r + 0.35) * line
-        ax.text(x + pad, y, w.text, fontproperties=font, va='center', ha='left', parse_math=False,
-                color='white' if w.probability > 0.65 else 'black',
-                bbox=dict(boxstyle='round,pad=0.25', fc=colours(w.probability), ec='black' if w.flagged else '0.85',
-                          lw=1.5 if w.flagged else 0.5))
-        if w.flagged:
-            ax.text(x + pad, y + 0.45 * line, f'{w.probability:.2f}', fontsize=fontsize * 0.7, va='center',
-                    ha='left')
-    bar = fig.add_axes(inches_to_figure(width + 0.4, 0.15, 0.15, height))
-    fig.colorbar(ScalarMappable(Normalize(0, 1), colours), cax=bar, label='P(replaced)')
-    return fig

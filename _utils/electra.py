@@ -10,8 +10,8 @@ The models are Hugging Face `ElectraForMaskedLM` / `ElectraForPreTraining`, so a
 Hugging Face format with `save_pretrained`.
 
 `objective` switches to the paper's comparisons (section 3.2, Table 5; the official code's `electra_objective`):
-`OBJECTIVES` says what each one trains. With an MLM objective the model kept for finetuning is an
-`ElectraForMaskedLM` of the discriminator's size, in the discriminator's place.
+its entry in `objectives.OBJECTIVES` says what is trained, and the step reads it. With an MLM head the model kept for
+finetuning is an `ElectraForMaskedLM` of the discriminator's size, in the discriminator's place.
 """
 from dataclasses import dataclass
 
@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from transformers import PreTrainedModel
 
 from .errors import UserError
+from .objectives import DEFAULT_OBJECTIVE, OBJECTIVES, check_objective, objective_named
 from .positions import set_position, use_positions
 from .speedups import inverse_cdf_sample, use_fast_dropout
 
@@ -41,21 +42,6 @@ SIZES = {
 
 
 MASK_PROB = 0.15  # RECIPE.md: 15% of the tokens are masked (the paper's Small and Base; Large uses 0.25)
-
-OBJECTIVES = {
-    'electra': "the paper's: the discriminator tells replaced from original on every token (+ the generator's MLM)",
-    'electra-15': 'ELECTRA 15%: the discriminator\'s loss only on the masked positions',
-    'replace-mlm': "Replace MLM: masked positions get the generator's samples instead of [MASK]; the model predicts "
-                   'the originals there (MLM loss)',
-    'mlm': 'BERT: the discriminator-sized model trained as a masked language model alone (no generator)',
-}
-DETECTION_OBJECTIVES = ('electra', 'electra-15')  # a discriminator head (ElectraForPreTraining); the rest an MLM head
-
-
-def check_objective(objective):
-    if objective not in OBJECTIVES:
-        raise UserError(f"unknown objective '{objective}'; objectives: {', '.join(OBJECTIVES)}")
-    return objective
 
 
 def electra_configs(size, vocab_size=30522, max_position_embeddings=512, pad_token_id=0, attn_implementation='sdpa',
@@ -79,24 +65,23 @@ def electra_configs(size, vocab_size=30522, max_position_embeddings=512, pad_tok
 
 
 def build_models(size, vocab_size=30522, max_position_embeddings=512, pad_token_id=0, attn_implementation='sdpa',
-                 objective='electra', position='absolute', dropout=0.1):
+                 objective=DEFAULT_OBJECTIVE, position='absolute', dropout=0.1):
     """A generator and a discriminator sharing the whole embedding block, generator softmax tied to word embeddings.
 
-    With an MLM objective the discriminator's place holds an `ElectraForMaskedLM` of the discriminator's size, and
-    `mlm` has no generator (None)."""
+    With an MLM head (the objective's entry says) the discriminator's place holds an `ElectraForMaskedLM` of the
+    discriminator's size; an objective without a generator gets None in its place."""
     gen_config, disc_config = electra_configs(size, vocab_size, max_position_embeddings, pad_token_id,
                                               attn_implementation, position, dropout)
     return models_for(gen_config, disc_config, objective)
 
 
-def models_for(gen_config, disc_config, objective='electra'):
+def models_for(gen_config, disc_config, objective=DEFAULT_OBJECTIVE):
     """(generator or None, discriminator) for `objective`, from their configs, embeddings shared, with the positions
-    the configs record (`positions.use_positions`)."""
+    the configs record (`positions.use_positions`). The objective's entry picks the second model's head."""
     from transformers import ElectraForMaskedLM, ElectraForPreTraining
-    check_objective(objective)
-    detects = objective in DETECTION_OBJECTIVES
-    discriminator = use_positions((ElectraForPreTraining if detects else ElectraForMaskedLM)(disc_config))
-    generator = use_positions(ElectraForMaskedLM(gen_config)) if objective != 'mlm' else None
+    spec = objective_named(objective)
+    discriminator = use_positions((ElectraForPreTraining if spec.detects else ElectraForMaskedLM)(disc_config))
+    generator = use_positions(ElectraForMaskedLM(gen_config)) if spec.generator else None
     if generator is not None: share_embeddings(generator, discriminator)
     return generator, discriminator
 
@@ -141,28 +126,29 @@ def count_parameters(module):
 @dataclass
 class ElectraOutput:
     """Everything one step computes; the loss and the metrics read it. B batch, L length, N masked slots, V vocab.
-    What an objective has no use for is None (`mlm` has no generator; the MLM objectives no discriminator logits)."""
+    What an objective has no use for is None (no generator: no generator logits or samples; an MLM head: no
+    discriminator logits)."""
     mlm_logits: torch.Tensor        # (B, N, V) generator logits at the masked slots
     masked_positions: torch.Tensor  # (B, N) positions of the masked slots (drawn with replacement)
     masked_ids: torch.Tensor        # (B, N) original tokens at the masked slots
     masked_weight: torch.Tensor     # (B, N) 1.0 where the slot is used (a sequence masks round(0.15*len) slots)
     sampled_ids: torch.Tensor       # (B, N) generator samples
-    disc_input: torch.Tensor        # (B, L) the original text with the samples put in
+    disc_input: torch.Tensor        # (B, L) what the second model reads: the text with the samples put in (or masked)
     disc_logits: torch.Tensor       # (B, L) discriminator logits, > 0 means "replaced"
     is_replaced: torch.Tensor       # (B, L) labels
     attention_mask: torch.Tensor    # (B, L) 1 on real (non-pad) tokens
     mlm_loss: torch.Tensor = None   # () generator loss, `mlm_loss(out)`: computed once, read by the loss and metrics
     disc_loss: torch.Tensor = None  # () discriminator loss, `discriminator_loss(out)`
-    disc_weight: torch.Tensor = None  # (B, L) electra-15: where the discriminator's loss counts (None: real tokens)
-    model_logits: torch.Tensor = None  # (B, N, V) MLM objectives: the model's logits at the masked slots
-    model_loss: torch.Tensor = None    # () MLM objectives: the model's MLM loss
+    disc_weight: torch.Tensor = None  # (B, L) where the discriminator's loss counts (None: every real token)
+    model_logits: torch.Tensor = None  # (B, N, V) an MLM head: the model's logits at the masked slots
+    model_loss: torch.Tensor = None    # () an MLM head: the model's MLM loss
 
 
 class ELECTRA(nn.Module):
     """Generator + discriminator and the masking between them: `forward(input_ids, token_type_ids)` is one step.
 
     Any generator and discriminator fit, not only Hugging Face's (`build_models` makes those, `objective` picks
-    what is trained: `OBJECTIVES`):
+    what is trained: its entry in `objectives.OBJECTIVES`, which the step reads):
       generator      `generator(input_ids, attention_mask)` -> logits over the vocabulary (B, L, V); or, to compute
                      the vocabulary projection at the masked slots only, `generator.hidden_states(input_ids,
                      attention_mask)` -> (B, L, H) and `generator.lm_head` (H -> V). Hugging Face's
@@ -173,10 +159,11 @@ class ELECTRA(nn.Module):
 
     def __init__(self, generator, discriminator, mask_token_id, special_token_ids, pad_token_id=0, mask_prob=MASK_PROB,
                  max_predictions=None, mask_token_prob=0.85, random_token_prob=0.0, sample_temperature=1.0,
-                 sampling='auto', objective='electra', vocab_size=None):
+                 sampling='auto', objective=DEFAULT_OBJECTIVE, vocab_size=None):
         super().__init__()
-        self.objective = check_objective(objective)
-        if (generator is None) != (objective == 'mlm'):
+        self.objective = check_objective(objective)  # the name, which checkpoints record
+        self.spec = OBJECTIVES[objective]             # what the step computes
+        if (generator is None) == self.spec.generator:
             raise UserError(f"objective '{objective}' " + ('trains no generator: pass None' if generator is not None
                                                            else 'needs a generator'))
         self.generator, self.discriminator = generator, discriminator
@@ -199,29 +186,25 @@ class ELECTRA(nn.Module):
         masked_ids = input_ids.gather(1, positions)                                   # (B, N)
         masked_input = replace_masked(input_ids, positions, weight, masked_ids, self.mask_token_id,
                                       self.mask_token_prob, self.random_token_prob, self.vocab_size)
-        if self.objective == 'mlm':  # BERT: the model itself predicts the masked tokens
-            out = ElectraOutput(None, positions, masked_ids, weight, None, masked_input, None, None, attention_mask)
-            out.model_logits = generator_logits_at(self.discriminator, masked_input, attention_mask, token_type_ids,
+        spec = self.spec
+        out = ElectraOutput(None, positions, masked_ids, weight, None, masked_input, None, None, attention_mask)
+        if spec.generator:
+            out.mlm_logits = generator_logits_at(self.generator, masked_input, attention_mask, token_type_ids,
+                                                 positions)                           # (B, N, V)
+            with torch.no_grad():  # no gradient flows through the sample
+                out.sampled_ids = sample_from_softmax(out.mlm_logits, self.sample_temperature, self.sampling)  # (B, N)
+            out.mlm_loss = mlm_loss(out)
+        if spec.reads == 'samples':
+            # The original text with samples put in at the used slots: never [MASK]
+            out.disc_input = input_ids.scatter(1, positions, slot_writes(out.sampled_ids, masked_ids, weight))
+            out.is_replaced = out.disc_input != input_ids    # a sample equal to the original is labelled real
+        if not spec.detects:  # an MLM head predicts the original tokens at the masked positions (BERT, Replace MLM)
+            out.model_logits = generator_logits_at(self.discriminator, out.disc_input, attention_mask, token_type_ids,
                                                    positions)
             out.model_loss = masked_lm_loss(out.model_logits, masked_ids, weight)
             return out
-
-        mlm_logits = generator_logits_at(self.generator, masked_input, attention_mask, token_type_ids, positions)
-        with torch.no_grad():  # no gradient flows through the sample
-            sampled_ids = sample_from_softmax(mlm_logits, self.sample_temperature, self.sampling)  # (B, N)
-        # The discriminator sees the original text with samples put in at the used slots: never [MASK]
-        disc_input = input_ids.scatter(1, positions, slot_writes(sampled_ids, masked_ids, weight))  # (B, L)
-        is_replaced = disc_input != input_ids                # a sample equal to the original is labelled real
-        out = ElectraOutput(mlm_logits, positions, masked_ids, weight, sampled_ids, disc_input, None, is_replaced,
-                            attention_mask)
-        out.mlm_loss = mlm_loss(out)
-        if self.objective == 'replace-mlm':  # the model predicts the originals where the samples went in
-            out.model_logits = generator_logits_at(self.discriminator, disc_input, attention_mask, token_type_ids,
-                                                   positions)
-            out.model_loss = masked_lm_loss(out.model_logits, masked_ids, weight)
-            return out
-        out.disc_logits = token_logits(self.discriminator, disc_input, attention_mask, token_type_ids)  # (B, L)
-        if self.objective == 'electra-15':  # the loss only on the masked positions (else on every real token)
+        out.disc_logits = token_logits(self.discriminator, out.disc_input, attention_mask, token_type_ids)  # (B, L)
+        if spec.scored == 'masked':  # the loss only on the masked positions (else on every real token)
             out.disc_weight = used_positions(positions, weight, input_ids.shape)
         out.disc_loss = discriminator_loss(out)
         return out
@@ -330,15 +313,15 @@ def sample_from_softmax(logits, temperature=1.0, method='auto'):
 
 class ElectraLoss(nn.Module):
     """1 x MLM (mean cross-entropy over used masked slots) + 50 x BCE over all non-pad tokens, from the two losses
-    the forward computed (`ElectraOutput.mlm_loss`, `.disc_loss`). The MLM objectives add the model's MLM loss with
-    weight 1 instead of the discriminator's; `mlm` has only that."""
+    the forward computed (`ElectraOutput.mlm_loss`, `.disc_loss`). With an MLM head the model's MLM loss comes with
+    weight 1 instead of the discriminator's; without a generator it is the whole loss."""
 
     def __init__(self, generator_weight=1.0, discriminator_weight=50.0):
         super().__init__()
         self.generator_weight, self.discriminator_weight = generator_weight, discriminator_weight
 
     def forward(self, out: ElectraOutput, *targets):
-        if out.mlm_loss is None: return out.model_loss                                   # mlm
+        if out.mlm_loss is None: return out.model_loss                                   # no generator
         second = self.discriminator_weight * out.disc_loss if out.disc_loss is not None else out.model_loss
         return self.generator_weight * out.mlm_loss + second
 
@@ -354,7 +337,7 @@ def mlm_loss(out): return masked_lm_loss(out.mlm_logits, out.masked_ids, out.mas
 
 
 def discriminator_loss(out):
-    """Mean BCE where `out.disc_weight` is 1 (every real token; electra-15: the masked positions)."""
+    """Mean BCE where `out.disc_weight` is 1 (every real token; scored 'masked': the masked positions)."""
     mask = out.attention_mask.float() if out.disc_weight is None else out.disc_weight
     bce = F.binary_cross_entropy_with_logits(out.disc_logits.float(), out.is_replaced.float(), reduction='none')
     return (bce * mask).sum() / mask.sum().clamp_min(1)
@@ -363,12 +346,12 @@ def discriminator_loss(out):
 @torch.no_grad()
 def step_metrics(out: ElectraOutput):
     """Per-step numbers worth logging (RECIPE.md), as 0-d tensors: the generator's and the discriminator's, or, with
-    an MLM objective, the model's MLM loss and accuracy. Masks are multiplied, never used to index, so nothing here
+    an MLM head, the model's MLM loss and accuracy. Masks are multiplied, never used to index, so nothing here
     waits for the GPU (boolean indexing would: its output size lives on the device)."""
     w = out.masked_weight
     hits = lambda ids: ((ids == out.masked_ids).float() * w).sum() / w.sum()    # accuracy over the used slots
     top = lambda logits: logits.max(-1).indices  # = argmax (first of ties), 3x faster on CPUs in bf16
-    if out.disc_logits is None:  # an MLM objective (in the order the electra objective logs them)
+    if out.disc_logits is None:  # an MLM head (in the order the paper's objective logs them)
         metrics = {} if out.mlm_logits is None else dict(
             mlm_loss=out.mlm_loss.detach(), gen_acc=hits(top(out.mlm_logits)), sampled_acc=hits(out.sampled_ids))
         return dict(metrics, model_mlm_loss=out.model_loss.detach(), model_acc=hits(top(out.model_logits)))
@@ -376,7 +359,7 @@ def step_metrics(out: ElectraOutput):
     labels = out.is_replaced.float() * real
     predicted = (out.disc_logits > 0).float() * real
     n_real, tp = real.sum(), (predicted * labels).sum()
-    scored = out.disc_weight if out.disc_weight is not None else real  # where the loss counts (electra-15: masked)
+    scored = out.disc_weight if out.disc_weight is not None else real  # where the loss counts
     return dict(
         mlm_loss=out.mlm_loss.detach(), disc_loss=out.disc_loss.detach(),
         gen_acc=hits(top(out.mlm_logits)),

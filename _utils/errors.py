@@ -22,6 +22,7 @@ def did_you_mean(word, options):
 def install_excepthook():
     """In a script: a `UserError` prints one line and exits with status 2 (unless --debug or ELECTRA_DEBUG=1)."""
     import os
+    if getattr(sys.excepthook, 'one_line', False): return  # installed already
     default_hook = sys.excepthook
 
     def hook(kind, value, tb):
@@ -29,6 +30,7 @@ def install_excepthook():
             print(f'error: {value}', file=sys.stderr)
             sys.exit(2)
         default_hook(kind, value, tb)
+    hook.one_line = True
     sys.excepthook = hook
 
 

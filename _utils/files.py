@@ -12,6 +12,11 @@ from .errors import UserError, first_line
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 
 
+def slug(s):
+    """`s` as a file or folder name: letters, digits and -_. kept, anything else '_', at most 48 characters."""
+    return ''.join(c if c.isalnum() or c in '-_.' else '_' for c in s)[:48]
+
+
 def project_path(path):
     """A path from the config: absolute as given, relative ones from the project folder (not the current one)."""
     path = Path(os.path.expanduser(str(path)))

@@ -26,7 +26,7 @@ from .glue_data import collate, glue_dataloader
 from .glue_scores import compute_metrics, main_score, predictions_from_logits
 from .learner import build_learner, seed_everything
 from .loggers import MetricsLogger
-from .models import build_classifier
+from .glue_models import build_classifier
 from .optim import make_optimizer
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -73,6 +73,20 @@ def recipe_for(size, **overrides):
     values = dict(SIZE_RECIPES[size])
     values.update({k: v for k, v in overrides.items() if v is not None})
     return Recipe(**values)
+
+
+def parse_rates(lrs):
+    """--lrs '2e-5,3e-5' as numbers, sorted, without repeats ([] for ''; [-1.0] when unreadable, which the config
+    refuses in one line)."""
+    try: return sorted({float(lr) for lr in str(lrs).split(',') if lr.strip()})
+    except ValueError: return [-1.0]
+
+
+def recipes_for(size, rates=(), **overrides):
+    """One Recipe per learning rate to try: one per rate of `rates` (a search, --lrs), else the one of
+    `recipe_for(size, **overrides)` (its lr: `overrides['lr']`, or the size's)."""
+    if not rates: return [recipe_for(size, **overrides)]
+    return [recipe_for(size, **{**overrides, 'lr': lr}) for lr in rates]
 
 
 # ---------------------------------------------------------------------------------------------------------------

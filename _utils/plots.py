@@ -1,10 +1,10 @@
 """What the notebooks show: an example as text, one step token by token, the lr schedule, the loss and AUC curves,
-the dev scores of the finetuning runs."""
+the dev scores of the finetuning runs, and detected words coloured by P(replaced)."""
 import numpy as np
 import torch
 
 from .glue import TASKS
-from .runs import final_rows
+from .glue_runs import final_rows
 
 
 def plot_runs(runs, ax=None):
@@ -82,4 +82,51 @@ def plot_history(history):
     axes[1].set(title='discriminator loss minus the majority-class baseline', xlabel='step', ylim=(-0.03, 0.03))
     axes[1].legend()
     df.plot(x='step', y=['disc_auc', 'gen_acc', 'disc_precision', 'disc_recall'], ax=axes[2], title='accuracy, AUC')
+    return fig
+
+
+def plot_detections(detections, width=9.0, fontsize=12, cmap='Reds'):
+    """Detections (`detection.detect`'s, one or a list): each text's words as boxes coloured by P(replaced), white (0)
+    to red (1), wrapped at `width` inches, one block per text; flagged words outlined, with their probability
+    beneath; a colour bar beside."""
+    import matplotlib.pyplot as plt
+    from matplotlib.backends.backend_agg import RendererAgg
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+    from matplotlib.font_manager import FontProperties
+    detections = [detections] if hasattr(detections, 'words') else list(detections)  # one or several
+    dpi, font, colours = 100, FontProperties(size=fontsize), plt.get_cmap(cmap)
+    renderer = RendererAgg(1, 1, dpi)
+    inches = lambda s: renderer.get_text_width_height_descent(s, font, ismath=False)[0] / dpi
+    pad, gap, line = fontsize / 72 * 0.3, fontsize / 72 * 0.35, fontsize / 72 * 2.4  # inches
+    placed, row = [], 0.0  # (x, row, box width, word)
+    for detection in detections:
+        x, end = None, 0
+        for w in detection.words:
+            size = inches(w.text) + 2 * pad
+            # after the previous word: a gap, narrower for punctuation written against a word
+            x = 0.0 if x is None else x + (gap if w.start > end else gap / 4)
+            if x > 0 and x + size > width: x, row = 0.0, row + 1
+            placed.append((x, row, size, w))
+            x, end = x + size, w.end
+        row += 1.4  # a blank half line between texts
+    width = max(x + size for x, _, size, _ in placed)  # as wide as the longest line
+    height = max((row - 0.4) * line, 1.0)             # room for the colour bar beside a single line
+    fig = plt.figure(figsize=(width + 1.4, height + 0.3))
+    inches_to_figure = lambda left, bottom, w, h: [left / (width + 1.4), bottom / (height + 0.3), w / (width + 1.4),
+                                                   h / (height + 0.3)]
+    ax = fig.add_axes(inches_to_figure(0.1, 0.15, width, height))
+    ax.set(xlim=(0, width), ylim=(height, 0))
+    ax.axis('off')
+    for x, r, _, w in placed:
+        y = (r + 0.35) * line
+        ax.text(x + pad, y, w.text, fontproperties=font, va='center', ha='left', parse_math=False,
+                color='white' if w.probability > 0.65 else 'black',
+                bbox=dict(boxstyle='round,pad=0.25', fc=colours(w.probability), ec='black' if w.flagged else '0.85',
+                          lw=1.5 if w.flagged else 0.5))
+        if w.flagged:
+            ax.text(x + pad, y + 0.45 * line, f'{w.probability:.2f}', fontsize=fontsize * 0.7, va='center',
+                    ha='left')
+    bar = fig.add_axes(inches_to_figure(width + 0.4, 0.15, 0.15, height))
+    fig.colorbar(ScalarMappable(Normalize(0, 1), colours), cax=bar, label='P(replaced)')
     return fig

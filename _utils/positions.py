@@ -27,6 +27,7 @@ A rope model is one with the same embeddings (no position added; it has no posit
 projections rotate their outputs (`RotaryLinear`): the attention kernels and the mask are Hugging Face's own.
 """
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -34,13 +35,27 @@ from transformers.models.electra.modeling_electra import ElectraEmbeddings, Elec
 
 from .errors import UserError
 
-POSITIONS = {
-    'absolute': "the paper's: a learned position embedding added to the input",
-    'tupe-a': 'TUPE: untied positional attention, shared by the layers, [CLS] untied',
-    'tupe-r': 'TUPE-R: tupe-a plus a T5-style bucketed relative-position bias',
-    'rope': 'RoPE: queries and keys rotated by their position in every layer (RoFormer, ModernBERT)',
-    'alibi': 'ALiBi: each head\'s scores minus a fixed slope times the distance |i - j| (Press et al., MosaicBERT)',
-}
+
+@dataclass(frozen=True)
+class Position:
+    """One position option (`--position`): what it is, and the plain facts the rest of the code asks about it."""
+    name: str
+    summary: str      # one line, for --help
+    exportable: bool  # Hugging Face's ELECTRA classes compute it (they know absolute positions only)
+    table: bool       # keeps the learned position table (embeddings.position_embeddings); rope and alibi need none
+
+
+POSITIONS = {p.name: p for p in (
+    Position('absolute', "the paper's: a learned position embedding added to the input", exportable=True, table=True),
+    Position('tupe-a', 'TUPE: untied positional attention, shared by the layers, [CLS] untied', exportable=False,
+             table=True),
+    Position('tupe-r', 'TUPE-R: tupe-a plus a T5-style bucketed relative-position bias', exportable=False, table=True),
+    Position('rope', 'RoPE: queries and keys rotated by their position in every layer (RoFormer, ModernBERT)',
+             exportable=False, table=False),
+    Position('alibi', "ALiBi: each head's scores minus a fixed slope times the distance |i - j| (Press et al., "
+             'MosaicBERT)', exportable=False, table=False),
+)}
+DEFAULT_POSITION = 'absolute'  # the paper's; also what configs from before the option (and Hugging Face's) hold
 ROPE_BASE = 10_000  # RoFormer's: pair k turns at position * 10000^(-2k/d)
 RELATIVE_BUCKETS, RELATIVE_MAX_DISTANCE = 32, 128  # T5's (and TUPE-R's): 16 buckets each way, log-spaced to 128
 
@@ -51,9 +66,16 @@ def check_position(position):
     return position
 
 
+def position_named(position):
+    """The entry of `position` (checked: `check_position`)."""
+    return POSITIONS[check_position(position)]
+
+
 def position_of(config):
-    """The position option a model config records (configs from before the option, and Hugging Face's: absolute)."""
-    return getattr(config, 'position', 'absolute')
+    """The position option a model config records: a config object, its dict (a checkpoint's `discriminator_config`)
+    or None (a --pair of your own). Configs from before the option, and Hugging Face's: absolute."""
+    if isinstance(config, dict): return config.get('position', DEFAULT_POSITION)
+    return getattr(config, 'position', DEFAULT_POSITION)
 
 
 def set_position(config, position):
@@ -219,7 +241,7 @@ def use_positions(model):
     position = check_position(position_of(body.config))
     if position == 'absolute': return model
     if type(body.embeddings) is ElectraEmbeddings: body.embeddings.__class__ = UntiedEmbeddings
-    if position in ('rope', 'alibi') and hasattr(body.embeddings, 'position_embeddings'):
+    if not POSITIONS[position].table and hasattr(body.embeddings, 'position_embeddings'):
         del body.embeddings.position_embeddings                                      # unused: no table to train
     if position == 'alibi' and type(body) is ElectraModel:
         body.__class__ = TupeElectraModel
@@ -244,7 +266,7 @@ def check_exportable(config):
     """Hugging Face's ELECTRA classes compute absolute positions only: a TUPE model would load there and compute
     something else, so it is refused in one line."""
     position = position_of(config)
-    if position != 'absolute':
+    if not position_named(position).exportable:
         raise UserError(f"a --position {position} model cannot be exported to the Hugging Face format: its ELECTRA "
                         "classes compute absolute positions only (the model would load and compute something else); "
                         "finetune and detect with this project's checkpoint instead")

@@ -4,21 +4,23 @@ import torch
 from fastai.callback.core import Callback
 
 from .callbacks import DataParallel, StepProgress
-from .electra import (ELECTRA, MASK_PROB, OBJECTIVES, ElectraLoss, build_models, count_parameters, max_predictions_for,
+from .electra import (ELECTRA, MASK_PROB, ElectraLoss, build_models, count_parameters, max_predictions_for,
                       pair_from_function, step_metrics)
 from .errors import UserError
 from .learner import build_learner
+from .objectives import DEFAULT_OBJECTIVE
 from .optim import make_optimizer
+from .positions import position_of
 from .text import Batches, StepBatches
 
 
 def build_electra(size, tokenizer, mask_prob=MASK_PROB, max_length=128, attn_implementation='sdpa',
-                  objective='electra', position='absolute', pair='', init_from=None, dropout=0.1):
+                  objective=DEFAULT_OBJECTIVE, position='absolute', pair='', init_from=None, dropout=0.1):
     """The ELECTRA step around a generator and a discriminator: Hugging Face ELECTRA models at `size` (the
     default), your own from `pair` ('file.py:function', see `electra.pair_from_function`), or `init_from`, a
     (generator, discriminator) pair already loaded (`checkpoint.import_huggingface`)."""
     vocab_size = len(tokenizer)
-    if (pair or init_from is not None) and (objective != 'electra' or position != 'absolute'):
+    if (pair or init_from is not None) and (objective != DEFAULT_OBJECTIVE or position != 'absolute'):
         raise UserError(f"{'--pair' if pair else '--init_from'} trains the models as they are with the electra "
                         'objective; drop --objective / --position')
     if pair:
@@ -49,11 +51,10 @@ def describe_models(electra, size):
     if getattr(electra, 'pair', None):
         return (f'your own pair ({electra.pair}): discriminator {count_parameters(disc) / 1e6:.2f}M parameters, '
                 f'generator {count_parameters(gen) / 1e6:.2f}M')
-    what = 'discriminator' if electra.objective in ('electra', 'electra-15') else 'MLM model'
-    position = getattr(disc.config, 'position', 'absolute')
-    line = (f'ELECTRA-{size}, objective {electra.objective}, positions {position}: {what} '
-            f'{count_parameters(disc) / 1e6:.2f}M parameters')
-    if gen is None: return line + f' (no generator: {OBJECTIVES["mlm"]})'
+    spec = electra.spec  # the objective's entry
+    line = (f'ELECTRA-{size}, objective {electra.objective}, positions {position_of(disc.config)}: '
+            f"{'discriminator' if spec.detects else 'MLM model'} {count_parameters(disc) / 1e6:.2f}M parameters")
+    if gen is None: return line + f' ({spec.summary})'
     shared = count_parameters(disc.electra.embeddings)
     return line + (f', generator {(count_parameters(gen) - shared) / 1e6:.2f}M more (hidden {gen.config.hidden_size}),'
                    f' shared embeddings {shared / 1e6:.2f}M')

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from .errors import UserError, first_line
-from .files import PROJECT_DIR
+from .files import PROJECT_DIR, slug
 
 DATASETS_DIR = PROJECT_DIR / 'datasets'
 BUNDLED_VOCAB = DATASETS_DIR / 'vocab' / 'bert-uncased-vocab.txt'
@@ -83,8 +83,10 @@ def tokenizer_fingerprint(tokenizer):
 
 
 def looks_like_path(s):
-    """A string meant as a local path (hub ids look like 'name' or 'owner/name')."""
-    return s.startswith(('.', '/', '~')) or s.endswith(('.txt', '.json')) or s.count('/') > 1
+    """A string meant as a local path, not a hub id (those look like 'name' or 'owner/name'): the one test the
+    tokenizer, corpus and model sources (`sources.resolve_model`) share, so that a mistyped path is refused as
+    missing rather than looked up on the hub."""
+    return s.startswith(('.', '/', '~')) or s.endswith(('.txt', '.json', '.pth', '.pt')) or s.count('/') > 1
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -275,10 +277,6 @@ def hf_datasets():
     if not hasattr(datasets, 'load_dataset'):
         raise UserError("the Hugging Face 'datasets' package is not installed; run: pip install -r requirements.txt")
     return datasets
-
-
-def slug(s):
-    return ''.join(c if c.isalnum() or c in '-_.' else '_' for c in s)[:48]
 
 
 # ---------------------------------------------------------------------------------------------------------------

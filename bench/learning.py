@@ -26,6 +26,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from _utils.objectives import OBJECTIVES  # noqa: E402  (light: no torch)
 
 SHARED = ROOT.parent / 'shared' / 'data'
 PROFILES = {
@@ -43,7 +44,7 @@ PROFILES = {
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument('--profile', default='cpu', choices=list(PROFILES), help='a group of the settings below')
-    p.add_argument('--objectives', default='electra,mlm', help='comma list among electra, electra-15, replace-mlm, mlm')
+    p.add_argument('--objectives', default='electra,mlm', help=f"comma list among {', '.join(OBJECTIVES)}")
     p.add_argument('--size', help='model size (profile: tiny on cpu, small on gpu)')
     p.add_argument('--budget_steps', type=int, help='the budget: the training FLOPs of this many ELECTRA steps')
     p.add_argument('--batch_size', type=int)
@@ -70,7 +71,6 @@ def parse_args(argv=None):
     args.corpus = args.corpus or (str(SHARED / 'corpus') if (SHARED / 'corpus').is_dir() else 'bundled')
     args.glue_dir = args.glue_dir or (str(SHARED / 'glue') if (SHARED / 'glue').is_dir() else 'bundled')
     args.objectives = [o.strip() for o in args.objectives.split(',') if o.strip()]
-    from _utils.electra import OBJECTIVES
     for o in args.objectives:
         if o not in OBJECTIVES: p.error(f"unknown objective '{o}'; objectives: {', '.join(OBJECTIVES)}")
     return args
@@ -125,7 +125,7 @@ def checkpoint_label(fraction):
 
 def finetune(args, model, group, out):
     """Finetune `model` on the tasks, `args.seeds` runs each; returns {task: median dev score}."""
-    from _utils.runs import read_runs, summarize
+    from _utils.glue_runs import read_runs, summarize
     logs = out / 'logs' / 'finetune'  # beside logs/pretrain: one MLflow store, <out>/logs/mlruns, for both
     cmd = [sys.executable, 'finetune.py', '--preset', 'none', '--model', model, '--size', args.size,
            '--glue_dir', args.glue_dir, '--tasks', args.tasks, '--n_runs', args.seeds, '--group_name', group,

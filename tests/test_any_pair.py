@@ -11,7 +11,7 @@ from _utils.checkpoint import (export_huggingface, import_huggingface, load_chec
                                models_from_checkpoint)
 from _utils.electra import ELECTRA, pair_from_function
 from _utils.errors import UserError
-from _utils.models import load_pretrained
+from _utils.glue_models import load_pretrained
 from _utils.pretraining import build_electra
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,6 +23,7 @@ def readme_pair_code():
     return re.search(r'<!-- plain torch\.nn pair -->\s*```python\n(.*?)```', text, re.S).group(1)
 
 
+@pytest.mark.slow
 def test_the_readme_plain_torch_pair_trains_with_falling_generator_loss():
     code = readme_pair_code()
     assert 'transformers' not in code and 'learn.fit(1)' in code
@@ -135,6 +136,7 @@ def _pretrain(tmp_path, *args):
     return res.stdout
 
 
+@pytest.mark.slow
 def test_pretrain_py_trains_a_pair_of_your_own_and_resumes_it(tmp_path):
     (tmp_path / 'mine.py').write_text(PAIR_FILE)
     spec = f"{tmp_path / 'mine.py'}:make_pair"
@@ -145,6 +147,7 @@ def test_pretrain_py_trains_a_pair_of_your_own_and_resumes_it(tmp_path):
     assert load_checkpoint(tmp_path / 'ckpt' / 'own_seed0_100pct.pth')['step'] == 3
 
 
+@pytest.mark.slow
 def test_pretrain_py_continues_huggingface_models(tokenizer, tmp_path):
     torch.manual_seed(0)
     electra = build_electra('tiny', tokenizer, max_length=32)

@@ -164,11 +164,13 @@ def bad_runs(prior, tmp_path_factory):
     return finished, before, snapshot(prior.root)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('case', CASES)
 def test_bad_input_is_one_clear_line_with_exit_status_2_and_no_traceback(case, bad_runs):
     assert_one_clear_line(bad_runs[0][case], *CASES[case][2])
 
 
+@pytest.mark.slow
 def test_no_bad_input_touches_what_earlier_runs_wrote(bad_runs):
     _, before, after = bad_runs
     assert after == before  # every file: same bytes, same modification time, none added or removed

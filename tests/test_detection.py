@@ -94,6 +94,7 @@ def detector(tokenizer):
 # ---------------------------------------------------------------------------------------------------------------
 # Detection
 # ---------------------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_a_word_swapped_for_a_random_word_gets_the_highest_probability_and_is_flagged(detector, tokenizer):
     assert detect(detector, HELD_OUT).flagged == []
     for seed in range(3):
@@ -258,6 +259,7 @@ def run_all(commands):
         return list(pool.map(lambda args: run_detect(*args), commands))
 
 
+@pytest.mark.slow
 def test_detect_py_bad_input_is_one_line_on_stderr(saved):
     cases = {
         '--text is empty': ['--model', saved / 'tiny.pth', '--text', ''],
@@ -270,6 +272,7 @@ def test_detect_py_bad_input_is_one_line_on_stderr(saved):
         assert lines[0].startswith('error: ') and re.search(problem, lines[0]), lines[0]
 
 
+@pytest.mark.slow
 def test_detect_py_gives_the_same_jsonl_from_a_checkpoint_and_its_hugging_face_export(saved):
     texts = 'the chef ate the meal | Unbelievably, the river ran dry.'
     common = ['--text', texts, '--format', 'jsonl', '--threshold', '0', '--correct', '--top_k', '2']
@@ -288,6 +291,7 @@ def test_detect_py_gives_the_same_jsonl_from_a_checkpoint_and_its_hugging_face_e
         assert all(len(w['proposals']) == 2 for w in da['words'] + db['words'])
 
 
+@pytest.mark.slow
 def test_the_notebook_runs_and_draws(saved):
     import nbformat
     from nbclient import NotebookClient

@@ -13,6 +13,9 @@ from _utils.learner import pick_precision
 
 ROOT = Path(__file__).resolve().parents[1]
 
+pytestmark = pytest.mark.slow  # the quick tier (-m "not slow") leaves these out
+
+
 
 def free_port():
     with socket.socket() as s:

@@ -71,6 +71,7 @@ def test_same_seed_same_mask():
     torch.testing.assert_close(fast_dropout(x, 0.1), a, rtol=0, atol=0)
 
 
+@pytest.mark.slow
 def test_compiled_dropout_draws_the_same_mask_in_one_graph():
     # Under torch.compile the mask is the custom operator `dropout_mask` (inductor's own CPU random numbers are
     # slow): fullgraph=True fails on any graph break; the compiled layer must give the eager layer's mask and

@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from _utils import classifier, finetuning as ft, glue, glue_data, models, runs
+from _utils import classifier, finetuning as ft, glue, glue_data, glue_models as models, glue_runs as runs, glue_sets
 from _utils.checkpoint import export_huggingface, make_checkpoint
 from _utils.electra import share_embeddings
 from _utils.errors import UserError
@@ -141,6 +141,24 @@ def test_fixed_layer_decay_gives_the_top_layer_lr_times_0_8(twelve_layer_classif
     assert lrs['classifier.weight'] == pytest.approx(lr)
     assert lrs['electra.encoder.layer.11.output.dense.weight'] == pytest.approx(lr * 0.8)
     assert lrs['electra.embeddings.word_embeddings.weight'] == pytest.approx(lr * 0.8 ** 13)
+
+
+def test_the_learning_rate_goes_from_the_config_to_each_runs_optimizer_by_one_path(twelve_layer_classifier, tmp_path):
+    """MyConfig's --lr / --lrs -> `recipes_for` (one Recipe per rate) -> `plan_rates` (a plan holds its recipe, whose
+    lr is the plan's) -> the run's optimizer and schedule read `recipe.lr`."""
+    one = ft.recipes_for('base', [], lr=None, epochs=2)
+    assert [(r.lr, r.epochs, r.layer_lr_decay) for r in one] == [(1e-4, 2, 0.8)]  # the size's lr
+    assert [r.lr for r in ft.recipes_for('small', [], lr=7e-5)] == [7e-5]
+    search = ft.recipes_for('small', [2e-5, 5e-5], epochs=3)
+    assert [(r.lr, r.epochs) for r in search] == [(2e-5, 3), (5e-5, 3)]
+    pretrained = pretrained_of(ElectraModel(tiny_config(100, layers=12)))
+    plans = glue_sets.plan_rates(search, tmp_path / 'logs', tmp_path / 'models', pretrained, 'bundled', 0.1)
+    assert [(p.lr, p.recipe.lr, p.log_dir.name, p.settings['lr']) for p in plans] == [
+        (2e-5, 2e-5, 'lr-2e-05', 2e-5), (5e-5, 5e-5, 'lr-5e-05', 5e-5)]
+    assert glue_sets.plan_rates(one, tmp_path / 'logs', tmp_path / 'models', pretrained, 'bundled', 0.1)[0].log_dir == \
+        tmp_path / 'logs'  # one rate: the group's own folder
+    opt = ft.finetuning_optimizer(twelve_layer_classifier, plans[1].recipe, n_layers=12)
+    assert effective_lrs(twelve_layer_classifier, opt)['classifier.weight'] == pytest.approx(5e-5)
 
 
 def test_finetuning_optimizer_is_adam_without_bias_correction_and_no_weight_decay(twelve_layer_classifier):
@@ -363,6 +381,7 @@ def script_run(tiny_hf_folder, tmp_path_factory):
     return cwd, proc.stdout
 
 
+@pytest.mark.slow
 def test_script_keeps_every_epoch_of_every_run_and_a_summary(script_run):
     cwd, stdout = script_run
     rows = pd.read_csv(cwd / 'logs' / 'finetune' / 'tiny' / 'runs.csv')
@@ -376,6 +395,7 @@ def test_script_keeps_every_epoch_of_every_run_and_a_summary(script_run):
     assert {p.name for p in (cwd / 'checkpoints' / 'finetune' / 'tiny').iterdir()} == {'CoLA.pth', 'RTE.pth'}
 
 
+@pytest.mark.slow
 def test_script_writes_the_submission_files_it_can_and_lists_the_missing_ones(script_run):
     cwd, stdout = script_run
     out = cwd / 'test_outputs' / 'tiny'
@@ -472,6 +492,30 @@ def test_a_failing_run_is_reported_in_one_line_and_the_other_runs_go_on(tmp_path
     assert [r.seed for r in saved] == [0, 2]  # each new best saved as soon as its run ends
 
 
+def test_a_search_finetunes_every_rate_and_each_task_takes_the_rate_with_the_best_median(tmp_path, monkeypatch,
+                                                                                           capsys):
+    scores = {1e-4: {0: 10.0, 1: 20.0}, 3e-4: {0: 30.0, 1: 5.0}}  # medians 15 and 17.5
+
+    def finetune_run(data, pretrained, recipe, seed, run, precision, device, log_dir, loggers, log_every, on_epoch,
+                     config):
+        on_epoch(epoch_row(1, scores[recipe.lr][seed]))
+        return ft.RunResult(data.task.name, run, seed, [epoch_row(1, scores[recipe.lr][seed])], {})
+    monkeypatch.setattr(runs, 'finetune_run', finetune_run)
+    plans = glue_sets.plan_rates(ft.recipes_for('small', [1e-4, 3e-4], epochs=1), tmp_path, tmp_path / 'models',
+                                 types.SimpleNamespace(source='a model'), 'bundled', 0.1)
+    by_rate = glue_sets.finetune_plans(plans, {'CoLA': COLA}, None, [0, 1], save_models=False, loggers=())
+    assert {lr: [r.score for r in res['CoLA'].runs] for lr, res in by_rate.items()} == {1e-4: [10.0, 20.0],
+                                                                                       3e-4: [30.0, 5.0]}
+    assert [len((tmp_path / f'lr-{lr:g}' / 'runs.csv').read_text().splitlines()) for lr in (1e-4, 3e-4)] == [3, 3]
+    results, table = glue_sets.best_rate_results(plans, by_rate, 2, 'a search', tmp_path)
+    assert results['CoLA'] is by_rate[3e-4]['CoLA'] and table.loc['CoLA', 'median'] == 17.5
+    assert (tmp_path / 'search.csv').is_file() and (tmp_path / 'lr-0.0001' / 'summary.csv').is_file()
+    out = capsys.readouterr().out
+    assert 'CoLA run 2/2 (seed 1), mcc by epoch: 5.00; train loss 0.5000, 1.0 s\n' in out  # one line per run
+    with pytest.raises(SystemExit, match=r'^1 run failed \(listed above\)'): glue_sets.stop_if_failed(['a line'])
+    glue_sets.stop_if_failed([])
+
+
 def test_resumed_runs_are_skipped_and_the_saved_best_of_earlier_runs_still_predicts(tokenizer, tmp_path,
                                                                                     monkeypatch):
     pretrained = pretrained_of(ElectraModel(tiny_config(len(tokenizer))), tokenizer)
@@ -516,7 +560,7 @@ def test_a_finetuned_file_loads_with_weights_only_and_a_truncated_one_is_one_lin
 # The script: CoLA's second run fails (as an out of memory would), then the same command with --resume
 FAILING_RUN = """
 import runpy, sys
-import _utils.runs as runs
+import _utils.glue_runs as runs
 real = runs.finetune_run
 def finetune_run(data, pretrained, recipe, seed, *args):
     if (data.task.name, seed) == ('CoLA', 1): raise RuntimeError('simulated out of memory')
@@ -544,6 +588,7 @@ def failed_then_resumed(tiny_hf_folder, tmp_path_factory):
     return out / 'logs' / 'g', out, first, before, second
 
 
+@pytest.mark.slow
 def test_script_a_failing_run_is_reported_the_other_runs_and_tasks_go_on_and_the_exit_status_says_so(
         failed_then_resumed):
     _, _, first, before, _ = failed_then_resumed
@@ -557,12 +602,13 @@ def test_script_a_failing_run_is_reported_the_other_runs_and_tasks_go_on_and_the
     assert sorted(before['submitted']) == ['CoLA.tsv', 'RTE.tsv', 'WNLI.tsv']
 
 
+@pytest.mark.slow
 def test_script_resume_trains_only_the_missing_runs_and_predicts_with_the_saved_best(failed_then_resumed):
     log_dir, out, _, before, second = failed_then_resumed
     assert second.returncode == 0, second.stderr[-3000:]
     assert 'CoLA: run 1 of 2 already finished (in runs.csv): skipped' in second.stdout
     assert 'RTE: run 1, 2 of 2 already finished (in runs.csv): skipped' in second.stdout
-    assert 'CoLA run 2/2 (seed 1) epoch 1:' in second.stdout and 'RTE run' not in second.stdout
+    assert 'CoLA run 2/2 (seed 1), mcc by epoch:' in second.stdout and 'RTE run' not in second.stdout
     assert (log_dir / 'runs.csv').read_bytes().startswith(before['runs_csv'])  # appended, never rewritten
     assert not list(log_dir.glob('runs.*.csv'))                                 # nor moved aside
     rows = pd.read_csv(log_dir / 'runs.csv')
@@ -580,6 +626,7 @@ def test_script_resume_trains_only_the_missing_runs_and_predicts_with_the_saved_
 INTERRUPTED_RUN = FAILING_RUN.replace("raise RuntimeError('simulated out of memory')", 'raise KeyboardInterrupt')
 
 
+@pytest.mark.slow
 def test_script_ctrl_c_stops_with_one_line_on_how_to_resume_and_keeps_the_finished_runs(tiny_hf_folder, tmp_path):
     args = ['--model', str(tiny_hf_folder), '--tasks', 'cola,rte', '--n_runs', '2', '--epochs', '1', '--logger', 'csv',
             '--group_name', 'g', '--log_dir', str(tmp_path / 'logs'), '--checkpoint_dir', str(tmp_path / 'ckpt'),

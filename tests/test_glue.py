@@ -510,6 +510,7 @@ def test_submission_zip_holds_the_11_files_at_top_level(full_submission):
     assert full_submission.missing == [] and full_submission.wrong_sizes == {}
 
 
+@pytest.mark.slow
 def test_submission_files_have_header_and_one_row_per_test_example_in_order(full_submission):
     for path in full_submission.files:
         header, body = read_submission(path)

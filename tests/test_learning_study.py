@@ -25,6 +25,7 @@ def test_an_unknown_objective_is_one_line(capsys):
     assert "unknown objective 'bert'" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_step_flops_grow_with_the_batch_and_rank_the_objectives(tokenizer):
     flops = {o: step_flops(build_electra('tiny', tokenizer, objective=o), 8, 64)
              for o in ('electra', 'electra-15', 'replace-mlm', 'mlm')}

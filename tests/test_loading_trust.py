@@ -14,7 +14,7 @@ import torch
 from _utils.checkpoint import export_huggingface, import_huggingface, load_checkpoint, models_from_checkpoint
 from _utils.detection import load_detector
 from _utils.errors import UserError
-from _utils.models import load_pretrained
+from _utils.glue_models import load_pretrained
 from test_any_pair import PAIR_FILE
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,6 +67,7 @@ def one_line_refusal(res, *phrases):
     for phrase in phrases: assert phrase in error[0], error[0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name', ['own_seed0_step1.pth', 'renamed.pth'])
 def test_pretrain_resume_refuses_a_pair_nobody_named_and_imports_nothing(own_checkpoint, name):
     root, spec, marker = own_checkpoint
@@ -76,6 +77,7 @@ def test_pretrain_resume_refuses_a_pair_nobody_named_and_imports_nothing(own_che
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_finetune_refuses_a_pair_checkpoint_in_one_line_and_imports_nothing(own_checkpoint, tmp_path):
     root, _, marker = own_checkpoint
     for name in ('ckpt/own_seed0_step1.pth', 'renamed.pth'):
@@ -86,6 +88,7 @@ def test_finetune_refuses_a_pair_checkpoint_in_one_line_and_imports_nothing(own_
         assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_detect_refuses_a_pair_checkpoint_in_one_line_and_imports_nothing(own_checkpoint):
     root, _, marker = own_checkpoint
     for name in ('ckpt/own_seed0_step1.pth', 'renamed.pth'):
@@ -115,6 +118,7 @@ def test_the_loaders_refuse_a_pair_checkpoint_and_import_nothing(own_checkpoint,
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_named_again_the_pair_is_rebuilt_and_the_run_resumes_and_trains(own_checkpoint, tmp_path):
     root, spec, marker = own_checkpoint
     for name in ('ckpt/own_seed0_step1.pth', 'renamed.pth'):

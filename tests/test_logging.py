@@ -74,6 +74,7 @@ def test_neptune_logs_offline_without_a_server(tmp_path, monkeypatch):
     assert list((tmp_path / '.neptune' / 'offline').glob('run__*'))
 
 
+@pytest.mark.slow
 def test_mlflow_logs_locally_without_a_server(tmp_path, monkeypatch):
     mlflow = pytest.importorskip('mlflow')
     monkeypatch.delenv('MLFLOW_TRACKING_URI', raising=False)        # the default store: logs/mlruns

@@ -33,6 +33,7 @@ def steady_fill_faults(keep):
     return out[0] == 'True', int(out[1])
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(platform.libc_ver()[0] != 'glibc', reason='a glibc malloc setting (Linux with glibc only)')
 def test_freed_blocks_are_reused_without_page_faults():
     took, faults = steady_fill_faults(keep=True)

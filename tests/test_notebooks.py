@@ -8,6 +8,9 @@ from nbclient import NotebookClient
 
 ROOT = Path(__file__).resolve().parents[1]
 
+pytestmark = pytest.mark.slow  # the quick tier (-m "not slow") leaves these out
+
+
 
 def execute(name, args, tmp_path):
     nb = nbformat.read(str(ROOT / name), as_version=4)

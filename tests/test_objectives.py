@@ -1,5 +1,8 @@
 """The paper's objectives side by side (section 3.2, Table 5; `--objective`): each one's input, labels and losses on
-a fixture batch, and that each checkpoints, resumes, finetunes and exports like the default."""
+a fixture batch, and that each checkpoints, resumes, finetunes and exports like the default; and that an objective is
+one entry (`_utils/objectives.py`) the code reads."""
+from dataclasses import replace
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -8,7 +11,8 @@ from transformers import ElectraForMaskedLM, ElectraForPreTraining
 from _utils.checkpoint import export_huggingface, load_weights, make_checkpoint, models_from_checkpoint
 from _utils.electra import ELECTRA, OBJECTIVES, ElectraLoss, step_metrics, used_positions
 from _utils.errors import UserError
-from _utils.models import _from_checkpoint
+from _utils.glue_models import _from_checkpoint
+from _utils.objectives import Objective
 from _utils.pretraining import build_electra, last_batch_auc, learning_summary
 
 PAD, CLS, SEP, MASK = 0, 101, 102, 103
@@ -181,6 +185,7 @@ def test_learning_summary_speaks_plainly():
     assert 'held-out AUC 0.830: learned to spot replaced tokens' in text
 
 
+@pytest.mark.slow
 def test_held_out_examples_are_the_corpus_end_and_measured_without_side_effects(tokenizer):
     from _utils.pretraining import held_out_metrics, split_held_out
     from _utils.text import pretraining_examples
@@ -204,6 +209,7 @@ def test_held_out_examples_are_the_corpus_end_and_measured_without_side_effects(
             assert set(first) == {'model_acc'}
 
 
+@pytest.mark.slow
 def test_pretrain_py_with_mlm_resumes_exactly_and_its_checkpoint_finetunes(tmp_path):
     """The whole path for the objective without a generator: pretrain.py, an exact resume, finetune.py."""
     import csv
@@ -240,3 +246,68 @@ def test_pretrain_py_with_mlm_resumes_exactly_and_its_checkpoint_finetunes(tmp_p
               '--epochs', '1', '--max_length', '32', '--precision', 'fp32', '--device', 'cpu', '--logger', 'csv',
               '--group_name', 'ci', '--output_dir', str(tmp_path / 'out'), folder=tmp_path / 'ft')
     assert 'RTE' in out
+
+
+def test_each_entry_says_what_its_objective_trains():
+    """Table 5's four, one entry each: a generator?, the second model's head, what it reads, where its loss counts."""
+    assert {n: (o.generator, o.head, o.reads, o.scored) for n, o in OBJECTIVES.items()} == {
+        'electra': (True, 'discriminator', 'samples', 'all'),
+        'electra-15': (True, 'discriminator', 'samples', 'masked'),
+        'replace-mlm': (True, 'mlm', 'samples', 'masked'),
+        'mlm': (False, 'mlm', 'masked', 'masked'),
+    }
+    assert [n for n, o in OBJECTIVES.items() if o.detects] == ['electra', 'electra-15']
+    assert all(n == o.name and o.summary for n, o in OBJECTIVES.items())
+
+
+def test_an_entry_the_step_cannot_compute_is_refused():
+    with pytest.raises(ValueError, match="objective 'x': the step cannot compute"):
+        Objective('x', 'a detector of the masked text', generator=False, head='discriminator', reads='masked',
+                  scored='all')
+
+
+def check_exports(electra, tokenizer, tmp_path, folders):
+    """Checkpoint, rebuild, resume and export an objective: the export writes `folders`."""
+    name = electra.objective
+    ckpt = make_checkpoint(electra, tokenizer, {'objective': name}, 1, 1, with_rng=False)
+    assert ckpt['objective'] == name
+    gen, disc = models_from_checkpoint(ckpt)
+    assert type(disc) is type(electra.discriminator) and type(gen) is type(electra.generator)
+    load_weights(model_for(name, tokenizer, seed=1), ckpt)
+    export_huggingface(ckpt, tmp_path / 'hf')
+    assert sorted(p.name for p in (tmp_path / 'hf').iterdir()) == sorted(folders)
+    return ckpt
+
+
+def test_adding_an_objective_is_one_entry(tokenizer, tmp_path, monkeypatch):
+    """A copy of the paper's objective under another name builds, steps, checkpoints, exports and detects like it."""
+    monkeypatch.setitem(OBJECTIVES, 'electra-copy', replace(OBJECTIVES['electra'], name='electra-copy'))
+    copy, paper = model_for('electra-copy', tokenizer), model_for('electra', tokenizer)
+    torch.manual_seed(1)
+    out = copy(*fixture_batch())
+    torch.manual_seed(1)
+    paper_out = paper(*fixture_batch())
+    torch.testing.assert_close(ElectraLoss()(out), ElectraLoss()(paper_out))
+    assert step_metrics(out).keys() == step_metrics(paper_out).keys()
+    ckpt = check_exports(copy, tokenizer, tmp_path, ['discriminator', 'generator'])
+    torch.save(ckpt, tmp_path / 'copy.pth')
+    from _utils.detection import load_detector
+    assert isinstance(load_detector(str(tmp_path / 'copy.pth')).discriminator, ElectraForPreTraining)
+
+
+def test_a_new_combination_is_computed_from_its_flags(tokenizer, tmp_path, monkeypatch):
+    """An entry none of the four is (BERT's masked text, with a generator trained beside it): the flags alone say what
+    the step computes."""
+    monkeypatch.setitem(OBJECTIVES, 'mlm-with-generator', Objective(
+        'mlm-with-generator', 'BERT, a generator trained beside it', generator=True, head='mlm', reads='masked',
+        scored='masked'))
+    electra = model_for('mlm-with-generator', tokenizer)
+    assert isinstance(electra.discriminator, ElectraForMaskedLM) and isinstance(electra.generator, ElectraForMaskedLM)
+    torch.manual_seed(1)
+    ids, types = fixture_batch()
+    out, seen = inputs_seen(electra, ids, types)
+    used = used_mask(out)
+    assert (seen['model'] == seen['generator']).all() and (seen['model'][used] == MASK).float().mean() > 0.6
+    assert out.disc_logits is None and out.is_replaced is None and out.sampled_ids is not None
+    torch.testing.assert_close(ElectraLoss()(out), out.mlm_loss + out.model_loss)
+    check_exports(electra, tokenizer, tmp_path, ['mlm', 'generator'])

@@ -118,6 +118,7 @@ def test_a_corpus_without_text_is_one_clear_line(cache):
     assert '\n' not in str(error.value)
 
 
+@pytest.mark.slow
 def test_pretrain_py_trains_its_vocabulary_saves_it_beside_the_run_and_resumes_with_it(tmp_path):
     def pretrain(*args):
         res = subprocess.run([sys.executable, 'pretrain.py', '--size', 'tiny', '--compile', 'none', '--batch_size', '4',

@@ -17,10 +17,10 @@ from _utils.checkpoint import export_huggingface, load_weights, make_checkpoint,
 from _utils.electra import build_models, electra_configs
 from _utils.errors import UserError
 from _utils.finetuning import Recipe, RunResult
-from _utils.models import Pretrained, build_classifier, load_finetuned, save_finetuned
-from _utils.positions import POSITIONS, relative_buckets, untie_cls
+from _utils.glue_models import Pretrained, build_classifier, load_finetuned, save_finetuned
+from _utils.positions import POSITIONS, check_exportable, position_of, relative_buckets, untie_cls
 from _utils.pretraining import build_electra
-from _utils.runs import lr_search
+from _utils.glue_sets import lr_search
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -274,6 +274,7 @@ def _run(script, *args, cwd=ROOT):
     return res.stdout
 
 
+@pytest.mark.slow
 def test_pretrain_py_tupe_r_resumes_finetunes_with_a_search_and_refuses_export(tmp_path):
     """The whole path: pretrain.py --position tupe-r, --resume, then finetune.py --lrs on its checkpoint."""
     common = ['--checkpoint_dir', str(tmp_path / 'ckpt'), '--log_dir', str(tmp_path / 'logs')]
@@ -301,9 +302,10 @@ def test_pretrain_py_tupe_r_resumes_finetunes_with_a_search_and_refuses_export(t
     assert search[0]['task'] == 'RTE' and float(search[0]['best lr']) == float(chosen)
     assert 'Learning-rate search' in out and (tmp_path / 'out' / 's' / 'RTE.tsv').is_file()
     out = _run('finetune.py', *ft, '--resume')                               # every run done: nothing trained again
-    assert out.count('already finished') == 2 and 'epoch 1:' not in out
+    assert out.count('already finished') == 2 and 'by epoch:' not in out
 
 
+@pytest.mark.slow
 def test_finetune_py_tupe_preset_is_tupes_protocol():
     """RECIPE.md, "TUPE": lr in {2,3,4,5}e-5, 5 runs per rate, 10 epochs (5 for MNLI, QNLI, QQP), warmup 6%."""
     out = _run('finetune.py', '--help')
@@ -312,6 +314,7 @@ def test_finetune_py_tupe_preset_is_tupes_protocol():
                                       'warmup_fraction=0.06')
 
 
+@pytest.mark.slow
 def test_pretrain_py_rope_trains_and_resumes_as_rope(tmp_path):
     common = ['--checkpoint_dir', str(tmp_path / 'ckpt'), '--log_dir', str(tmp_path / 'logs'),
               '--checkpoint_fractions', '1']
@@ -322,3 +325,23 @@ def test_pretrain_py_rope_trains_and_resumes_as_rope(tmp_path):
     assert 'positions rope' in out
     out = _run('pretrain.py', '--resume', str(tmp_path / 'ckpt' / 'r_seed0_step2.pth'), '--max_steps', '4', *common)
     assert 'from step 2' in out and 'positions rope' in out
+
+
+def test_each_option_says_whether_it_exports_and_keeps_a_table():
+    """One entry per option: only absolute positions export (Hugging Face's classes compute nothing else); rope and
+    alibi need no position table, and the models built for them have none."""
+    assert [n for n, p in POSITIONS.items() if p.exportable] == ['absolute']
+    assert [n for n, p in POSITIONS.items() if p.table] == ['absolute', 'tupe-a', 'tupe-r']
+    for name, entry in POSITIONS.items():
+        _, disc = tiny(name)
+        assert hasattr(disc.electra.embeddings, 'position_embeddings') == entry.table
+        if entry.exportable: check_exportable(disc.config)
+        else:
+            with pytest.raises(UserError, match=f'--position {name} model cannot be exported'):
+                check_exportable(disc.config)
+
+
+def test_position_of_reads_a_config_its_dict_or_nothing():
+    config = electra_configs('tiny', position='rope')[1]
+    assert position_of(config) == position_of(config.to_dict()) == 'rope'
+    assert position_of(None) == position_of({}) == position_of(ElectraConfig()) == 'absolute'

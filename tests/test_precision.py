@@ -60,6 +60,7 @@ runpy.run_path('pretrain.py', run_name='__main__')
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('has_bf16, expected', [(True, 'bf16'), (False, 'fp32')])
 def test_pretrain_py_prints_and_trains_in_the_precision_auto_picks(tmp_path, has_bf16, expected):
     # With the fake "has AVX512-BF16" this also trains in bf16 on CPUs without it (slower there, same result)

@@ -1,12 +1,12 @@
 """Resuming is exact, an interrupted run leaves a checkpoint it resumes from, and a failed save harms nothing."""
 import csv
-import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,6 +33,7 @@ def weights(path):
     return {**{'g.' + k: v for k, v in ckpt['generator'].items()}, **{'d.' + k: v for k, v in ckpt['discriminator'].items()}}
 
 
+@pytest.mark.slow
 def test_a_run_stopped_at_half_and_resumed_logs_the_same_losses_and_ends_with_equal_weights(tmp_path):
     full, half = tmp_path / 'full', tmp_path / 'half'
     pretrain(full, '--max_steps', '8', '--save_every', '4', '--checkpoint_fractions', '1', name='full')
@@ -50,6 +51,7 @@ def test_a_run_stopped_at_half_and_resumed_logs_the_same_losses_and_ends_with_eq
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
+@pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_and_the_run_resumes_from_it(tmp_path):
     proc = subprocess.Popen([sys.executable, 'pretrain.py', *TINY, '--run_name', 'term', '--max_steps', '100000',
                              '--checkpoint_dir', str(tmp_path / 'ckpt'), '--log_dir', str(tmp_path / 'logs')],
@@ -70,6 +72,7 @@ def test_sigterm_saves_a_checkpoint_and_the_run_resumes_from_it(tmp_path):
     assert max(losses(tmp_path, 'term')) == step + 2
 
 
+@pytest.mark.slow
 def test_a_nonfinite_loss_stops_the_run_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
     pretrain(tmp_path, '--max_steps', '2', '--checkpoint_fractions', '1', name='good')
     good = tmp_path / 'ckpt' / 'good_seed0_100pct.pth'
@@ -83,6 +86,7 @@ def test_a_nonfinite_loss_stops_the_run_naming_the_step_and_keeps_the_last_good_
     assert good.read_bytes() == before                       # the last good checkpoint is untouched
 
 
+@pytest.mark.slow
 def test_skip_nonfinite_skips_such_steps_and_finishes(tmp_path):
     res = pretrain(tmp_path, '--max_steps', '3', '--discriminator_weight', 'nan', '--skip_nonfinite',
                    '--checkpoint_fractions', '1', name='skip')

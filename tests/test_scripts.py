@@ -29,6 +29,7 @@ def test_scripts_are_what_nbconvert_makes_of_their_notebooks(tmp_path):
     assert 'plot_history' not in (tmp_path / 'pretrain.py').read_text()        # notebook-only cells stay out
 
 
+@pytest.mark.slow
 def test_help_lists_every_field_with_default_and_meaning():
     res = run(['pretrain.py', '--help'])
     assert res.returncode == 0
@@ -39,6 +40,7 @@ def test_help_lists_every_field_with_default_and_meaning():
     assert 'paper-small' in res.stdout
 
 
+@pytest.mark.slow
 def test_the_demo_is_the_cpu_recipe_on_the_bundled_corpus_and_says_where_it_departs_from_the_paper():
     """The CPU recipe (bench/RESULTS.md, "A CPU recipe"): ELECTRA's objective, tiny, rope, a WordPiece vocabulary of
     8,192 trained on the corpus, 64 x 64 tokens, 25% masked, lr 2e-3 after 300 warmup steps, no dropout, 4,000
@@ -54,6 +56,7 @@ def test_the_demo_is_the_cpu_recipe_on_the_bundled_corpus_and_says_where_it_depa
                                                                  'lr=0.0005, warmup_steps=10000')
 
 
+@pytest.mark.slow
 def test_a_short_run_with_overrides_writes_checkpoints_and_logs(tmp_path):
     res = run(['pretrain.py', '--compile', 'none', '--max_steps', '4', '--batch_size', '4', '--log_every', '2',
                '--run_name', 'ci',

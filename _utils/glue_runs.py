@@ -14,12 +14,11 @@ from pathlib import Path
 import torch
 
 from .errors import UserError, first_line
-from .files import atomic_write_text
+from .files import atomic_write_text, slug
 from .finetuning import RunResult, finetune_run
 from .glue import GLUE_AVERAGE_TASKS, TASKS, task_by_name
 from .glue_scores import glue_average
-from .models import read_finetuned
-from .text import slug
+from .glue_models import read_finetuned
 
 METRIC_COLUMNS = ('acc', 'f1', 'mcc', 'spearman', 'pearson', 'mismatched_acc')
 
@@ -176,6 +175,25 @@ class TaskResult:
     failed: list = field(default_factory=list)  # one line per run that failed
 
 
+class EpochLine:
+    """One printed line per run, growing as its epochs end: 'CoLA run 1/3 (seed 0), mcc by epoch: 9.61 -9.00 1.41;
+    train loss 0.6587, 0.9 s' (the last epoch's other metrics in brackets)."""
+
+    def __init__(self, head, main_metric, verbose=True):
+        self.head, self.main_metric, self.verbose, self.rows = head, main_metric, verbose, []
+
+    def add(self, row):
+        if self.verbose: print(('' if self.rows else self.head) + f" {row['score']:.2f}", end='', flush=True)
+        self.rows.append(row)
+
+    def end(self):
+        if not (self.verbose and self.rows): return
+        last = self.rows[-1]
+        others = ', '.join(f'{k} {last[k]:.1f}' for k in METRIC_COLUMNS if k in last and k != self.main_metric)
+        print(f"{' (' + others + ')' if others else ''}; train loss {last['train_loss']:.4f}, "
+              f"{sum(r['seconds'] for r in self.rows):.1f} s", flush=True)
+
+
 def finetune_task(data, pretrained, recipe, seeds, runs_log=None, precision='fp32', device=torch.device('cpu'),
                   log_root=None, loggers=('csv', 'tensorboard'), log_every=50, config=None, verbose=True,
                   finished=None, best=None, on_best=None, notify=print):
@@ -199,21 +217,22 @@ def finetune_task(data, pretrained, recipe, seeds, runs_log=None, precision='fp3
             runs.append(finished[(run, seed)])
             continue
 
-        def on_epoch(row, run=run, seed=seed):
+        line = EpochLine(f'{task.name} run {run + 1}/{len(seeds)} (seed {seed}), {task.main_metric} by epoch:',
+                         task.main_metric, verbose)
+
+        def on_epoch(row, run=run, seed=seed, line=line):
             if runs_log is not None: runs_log.append(task, run, seed, row)
-            if verbose:
-                others = ', '.join(f'{k} {row[k]:.1f}' for k in METRIC_COLUMNS if k in row and k != task.main_metric)
-                print(f"{task.name} run {run + 1}/{len(seeds)} (seed {seed}) epoch {row['epoch']}: "
-                      f"{task.main_metric} {row['score']:.2f}{' (' + others + ')' if others else ''}, "
-                      f"train loss {row['train_loss']:.4f}, {row['seconds']:.1f} s")
+            line.add(row)
         log_dir = Path(log_root) / f'{slug(task.name)}_run{run}_seed{seed}' if log_root else None
         try:
             result = finetune_run(data, pretrained, recipe, seed, run, precision, device, log_dir, loggers, log_every,
                                   on_epoch, config)
         except Exception as e:  # out of memory, a bad batch...: the other runs and tasks still count
+            line.end()
             failed.append(_run_failed(task, run, seed, len(seeds), e, log_dir))
             notify(failed[-1] + '; the other runs go on')
             continue
+        line.end()
         runs.append(RunResult(result.task, run, seed, result.history))
         if best is None or result.score > best.score:
             best = result
@@ -309,13 +328,13 @@ def format_table(table):
 def _formatted(table):
     out = table.copy()
     for col in ('median', 'mean', 'std', 'min', 'max'):
-        out[col] = out[col].map(lambda v: '' if _is_missing(v) else f'{v:.2f}')
+        out[col] = out[col].map(lambda v: '' if is_missing(v) else f'{v:.2f}')
     for col in ('runs', 'best_seed'):
-        out[col] = out[col].map(lambda v: '' if _is_missing(v) else f'{int(v)}')
+        out[col] = out[col].map(lambda v: '' if is_missing(v) else f'{int(v)}')
     return out
 
 
-def _is_missing(v):
+def is_missing(v):
     return v is None or (isinstance(v, float) and math.isnan(v))
 
 
@@ -331,74 +350,3 @@ def save_summary(table, out_dir, title='', name='summary', formatted=None):
     lines += ['| ' + ' | '.join(str(v) for v in row) + ' |' for row in shown.itertuples(index=False)]
     (out_dir / f'{name}.md').write_text('\n'.join(lines) + '\n')
     return out_dir / f'{name}.csv', out_dir / f'{name}.md'
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# A learning-rate search (TUPE's protocol): every rate a set of runs of its own, the best rate's median per task
-# ---------------------------------------------------------------------------------------------------------------
-@dataclass
-class RatePlan:
-    """Where one learning rate's runs go and what of them is done: with one rate, the group's own folders; in a
-    search, a sub-folder per rate (`lr-3e-05`), each with its runs.csv, settings.json and best runs."""
-    lr: float
-    recipe: object           # the Recipe at this lr
-    log_dir: Path
-    model_dir: Path
-    settings: dict           # `run_settings`: --resume checks them per rate
-    finished: dict           # `finished_runs` with --resume, else {}
-
-
-def rate_folder(lr):
-    return f'lr-{lr:g}'
-
-
-def plan_rates(rates, recipe, log_dir, model_dir, pretrained, source, dev_fraction, resume=False):
-    """One RatePlan per learning rate of `rates` (one rate: the group's folders, as without a search)."""
-    plans = []
-    for lr in rates:
-        sub = rate_folder(lr) if len(rates) > 1 else ''
-        rate_recipe = dataclasses.replace(recipe, lr=lr)
-        settings = run_settings(pretrained, rate_recipe, source, dev_fraction)
-        plans.append(RatePlan(lr, rate_recipe, Path(log_dir) / sub, Path(model_dir) / sub, settings,
-                              finished_runs(Path(log_dir) / sub, settings, rate_recipe) if resume else {}))
-    return plans
-
-
-def lr_search(runs_by_rate):
-    """TUPE's choice: per task, each rate's median over its runs, and the rate with the best median (ties: the
-    smaller rate). `runs_by_rate` {lr: RunResults or a runs.csv DataFrame}.
-
-    Returns (DataFrame indexed by task: one 'lr <rate>' column per rate with its median, 'runs' per rate, 'best lr',
-    'median' (the best rate's), then a 'GLUE avg' row over the chosen medians), {task: best lr}."""
-    import pandas as pd
-    medians = {lr: summarize(runs)[0] for lr, runs in runs_by_rate.items()}
-    rates = sorted(medians)
-    tasks = [t for t in TASKS if any(t in m.index for m in medians.values())]
-    rows, best = {}, {}
-    for task in tasks:
-        scores = {lr: medians[lr].loc[task, 'median'] for lr in rates if task in medians[lr].index}
-        best[task] = max(scores, key=lambda lr: (scores[lr], -lr))
-        counts = sorted({int(medians[lr].loc[task, 'runs']) for lr in scores})
-        rows[task] = dict(metric=TASKS[task].main_metric, runs='/'.join(map(str, counts)),
-                          **{f'lr {lr:g}': scores.get(lr, math.nan) for lr in rates},
-                          **{'best lr': f'{best[task]:g}', 'median': scores[best[task]]})
-    table = pd.DataFrame.from_dict(rows, orient='index')
-    table.index.name = 'task'
-    if rows:
-        average = glue_average({task: row['median'] for task, row in rows.items()})
-        table.loc['GLUE avg'] = dict(metric='median', runs='', **{f'lr {lr:g}': math.nan for lr in rates},
-                                     **{'best lr': 'per task', 'median': average.score})
-    return table, best
-
-
-def formatted_search(table):
-    """The search table as shown (scores with 2 decimals)."""
-    out = table.copy()
-    for col in [c for c in out.columns if c.startswith('lr ') or c == 'median']:
-        out[col] = out[col].map(lambda v: '' if _is_missing(v) else f'{v:.2f}')
-    return out
-
-
-def save_search(table, out_dir, title=''):
-    """search.csv and search.md in `out_dir` (the group's folder, above the rates' own)."""
-    return save_summary(table, out_dir, title, name='search', formatted=formatted_search(table))

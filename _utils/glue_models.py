@@ -1,7 +1,6 @@
 """Which model finetunes: a pretrained discriminator body from this project's checkpoint, a Hugging Face folder,
 the hub or a random initialisation; the finetuning classifier built on it; and the finetuned-model file."""
 import copy
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,10 +9,11 @@ import torch
 from .checkpoint import (CHECKPOINT_DIR, check_own_pair, load_checkpoint, models_from_checkpoint, newest_checkpoint,
                          tokenizer_from_checkpoint)
 from .classifier import ElectraClassifier
-from .errors import UserError, first_line
+from .errors import UserError
 from .files import atomic_save, safe_load
 from .glue import task_by_name
 from .positions import use_positions
+from .sources import hf_load, hf_model, hf_tokenizer, resolve_model
 from .text import load_tokenizer
 
 HIDDEN_TO_SIZE = {128: 'small', 256: 'small', 768: 'base', 1024: 'large'}  # 128: this project's tiny -> Small's
@@ -41,7 +41,7 @@ class Pretrained:
 
 
 LOCAL_ALTERNATIVES = ("--model latest (newest checkpoint of pretrain.py), a .pth checkpoint path, a folder saved "
-                      "with save_pretrained, or --model random")
+                      "with save_pretrained or written by export_huggingface, or --model random")
 
 
 RANDOM_BODY_SEED = 0  # --model random: one fixed body, whatever --seed (the runs' seeds) is
@@ -54,28 +54,36 @@ def load_pretrained(model='latest', size='small', checkpoint_dir=CHECKPOINT_DIR)
     'random'   a randomly initialised discriminator of `size` with the bundled tokenizer (a baseline; always the
                same initialisation, so that a resumed set of runs starts from the same body)
     a .pth     a checkpoint written by pretrain.py
-    a folder   a Hugging Face ELECTRA model saved with `save_pretrained` (its tokenizer in the same folder)
+    a folder   a Hugging Face ELECTRA model saved with `save_pretrained` (its tokenizer in the same folder), or
+               one written by `export_huggingface` (its discriminator/, or mlm/ for an MLM objective)
     a hub id   e.g. google/electra-small-discriminator (needs network)
     """
-    if model == 'random':
-        from transformers import ElectraModel
+    source = resolve_model(model, LOCAL_ALTERNATIVES, latest=lambda: newest_checkpoint(checkpoint_dir),
+                           allow_random=True)
+    if source.kind == 'random': return _random_body(size)
+    if source.kind == 'checkpoint': return _from_checkpoint(source.where)
+    if source.kind == 'export':
+        folder = source.part('discriminator') or source.part('mlm')
+        if folder is None:
+            raise UserError(f"--model folder '{source.where}' holds no discriminator/ (nor mlm/) to finetune; give "
+                            f'{LOCAL_ALTERNATIVES}')
+        return _from_huggingface(folder, source.where.name, f'Hugging Face export {folder.resolve()}')
+    if source.kind == 'folder':
+        return _from_huggingface(source.where, source.where.name, f'Hugging Face folder {source.where.resolve()}')
+    return _from_huggingface(source.where, source.where.replace('/', '_'), f'Hugging Face hub {source.where}')
 
-        from .electra import electra_configs
-        tokenizer = load_tokenizer('bundled')
-        config = electra_configs(size, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id)[1]
-        with torch.random.fork_rng(devices=[]):  # a fixed body, without touching the caller's random state
-            torch.manual_seed(RANDOM_BODY_SEED)
-            electra = ElectraModel(config)
-        return Pretrained(electra, tokenizer, f'random-{size}',
-                          f'random initialisation ({size}, seed {RANDOM_BODY_SEED})')
-    if model == 'latest':
-        return _from_checkpoint(newest_checkpoint(checkpoint_dir))
-    path = Path(os.path.expanduser(model))
-    if path.is_file(): return _from_checkpoint(path)
-    if path.is_dir(): return _from_folder(path)
-    if model.endswith(('.pth', '.pt')) or model.startswith(('.', '/', '~')) or model.count('/') > 1:
-        raise UserError(f"--model '{model}' does not exist; give {LOCAL_ALTERNATIVES}")
-    return _from_hub(model)
+
+def _random_body(size):
+    """--model random: a fresh discriminator body of `size` with the bundled tokenizer."""
+    from transformers import ElectraModel
+
+    from .electra import electra_configs
+    tokenizer = load_tokenizer('bundled')
+    config = electra_configs(size, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id)[1]
+    with torch.random.fork_rng(devices=[]):  # a fixed body, without touching the caller's random state
+        torch.manual_seed(RANDOM_BODY_SEED)
+        electra = ElectraModel(config)
+    return Pretrained(electra, tokenizer, f'random-{size}', f'random initialisation ({size}, seed {RANDOM_BODY_SEED})')
 
 
 def _from_checkpoint(path):
@@ -87,48 +95,25 @@ def _from_checkpoint(path):
 
 
 def _electra_body(name_or_path):
-    from transformers import ElectraModel
-    from transformers.utils import logging as hf_logging
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # the discriminator's head weights are unused here: not worth a warning
-    try:
-        return ElectraModel.from_pretrained(str(name_or_path))
-    finally:
-        hf_logging.set_verbosity(verbosity)
+    """The discriminator without its head (finetuning puts its own on)."""
+    return hf_model(name_or_path, 'model', LOCAL_ALTERNATIVES)
 
 
-def _from_folder(folder):
-    import json
-    config_file = folder / 'config.json'
-    if not config_file.is_file():
-        raise UserError(f"--model folder '{folder}' has no config.json; give a folder saved with save_pretrained "
-                        f"or {LOCAL_ALTERNATIVES}")
-    model_type = json.loads(config_file.read_text()).get('model_type')
-    if model_type != 'electra':
-        raise UserError(f"--model folder '{folder}' holds a '{model_type}' model, not ELECTRA")
-    electra = _electra_body(folder)
+def _from_huggingface(name_or_path, name, source):
+    """The body and tokenizer of a Hugging Face folder or hub id. A folder without a tokenizer borrows the bundled
+    one where the vocabulary sizes agree."""
+    # hf_load again around the body: whatever _electra_body raises (a test stands in for it) becomes one line
+    electra = hf_load(lambda: _electra_body(name_or_path), name_or_path, LOCAL_ALTERNATIVES)
     try:
-        tokenizer = load_tokenizer(str(folder))
-    except (UserError, OSError, ValueError, TypeError):
+        tokenizer = hf_tokenizer(name_or_path, LOCAL_ALTERNATIVES)
+    except UserError:
+        if not Path(name_or_path).is_dir(): raise  # a hub id: its tokenizer is part of it
         tokenizer = load_tokenizer('bundled')
         if len(tokenizer) != electra.config.vocab_size:
-            raise UserError(f"--model folder '{folder}' has no tokenizer and its vocabulary "
+            raise UserError(f"--model folder '{name_or_path}' has no tokenizer and its vocabulary "
                             f"({electra.config.vocab_size}) is not the bundled one ({len(tokenizer)})") from None
-        print(f'{folder} has no tokenizer: using the bundled BERT uncased vocabulary (same size)')
-    return Pretrained(electra, tokenizer, folder.name, f'Hugging Face folder {folder.resolve()}')
-
-
-def _from_hub(model_id):
-    try:
-        electra = _electra_body(model_id)
-        tokenizer = load_tokenizer(model_id)
-    except UserError as e:
-        raise UserError(f"cannot load '{model_id}' from the Hugging Face hub ({e}); with no network give "
-                        f"{LOCAL_ALTERNATIVES}") from e
-    except Exception as e:  # offline, unknown id, not an ELECTRA model: one line with the local alternatives
-        raise UserError(f"cannot load '{model_id}' from the Hugging Face hub ({first_line(e)}); with no network "
-                        f"give {LOCAL_ALTERNATIVES}") from e
-    return Pretrained(electra, tokenizer, model_id.replace('/', '_'), f'Hugging Face hub {model_id}')
+        print(f'{name_or_path} has no tokenizer: using the bundled BERT uncased vocabulary (same size)')
+    return Pretrained(electra, tokenizer, name, source)
 
 
 def check_max_length(pretrained, max_length):
