@@ -38,7 +38,8 @@ from _utils.text import load_tokenizer, pretraining_examples, train_tokenizer
 # Plain values with the paper's defaults. A **preset** sets a group of them: `demo` (the default: a tiny model on
 # the bundled Wikipedia sample, minutes on a laptop CPU) or the paper's runs on OpenWebText. Any field can be
 # overridden from the command line, e.g. `python pretrain.py --size small --max_steps 2000`; `--help` lists them.
-# `--objective` switches to the comparisons of the paper's Table 5 (`electra-15`, `replace-mlm`, `mlm` for BERT);
+# `--objective` switches to the comparisons of the paper's Table 5 (`electra-15`, `replace-mlm`, `all-tokens-mlm`,
+# `mlm` for BERT);
 # `python bench/learning.py` pretrains them at equal compute and finetunes each on GLUE. `--position tupe-r`
 # (or `tupe-a`) puts TUPE's positional attention in place of the position embeddings (RECIPE.md, "TUPE"), `rope`
 # rotary position embeddings.
