@@ -134,11 +134,21 @@ def export_huggingface(ckpt, out_dir):
     check_exportable(disc.config)
     tok = tokenizer_from_checkpoint(ckpt)
     main = objective_named(objective_of(ckpt)).head  # discriminator/ or mlm/
+    if hasattr(disc, 'copy_gate'): disc = _without_copy_gate(disc)
     for name, model in ((main, disc), ('generator', gen)):
         if model is None: continue
         model.save_pretrained(out_dir / name)
         tok.save_pretrained(out_dir / name)
     return out_dir
+
+
+def _without_copy_gate(model):
+    """All-Tokens MLM's model as the ElectraForMaskedLM it is besides its copy gate, which serves pretraining only:
+    what transformers' class loads without a warning about weights it does not know."""
+    from transformers import ElectraForMaskedLM
+    plain = ElectraForMaskedLM(model.config)
+    plain.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith('copy_gate.')})
+    return plain
 
 
 def own_pair_named(ckpt, named):

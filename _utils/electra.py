@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from transformers import PreTrainedModel
+from transformers import ElectraForMaskedLM, PreTrainedModel
 
 from .errors import UserError
 from .objectives import DEFAULT_OBJECTIVE, OBJECTIVES, check_objective, objective_named
@@ -80,10 +80,30 @@ def models_for(gen_config, disc_config, objective=DEFAULT_OBJECTIVE):
     the configs record (`positions.use_positions`). The objective's entry picks the second model's head."""
     from transformers import ElectraForMaskedLM, ElectraForPreTraining
     spec = objective_named(objective)
-    discriminator = use_positions((ElectraForPreTraining if spec.detects else ElectraForMaskedLM)(disc_config))
+    head = ElectraForPreTraining if spec.detects else CopyingMaskedLM if spec.copy else ElectraForMaskedLM
+    discriminator = use_positions(head(disc_config))
     generator = use_positions(ElectraForMaskedLM(gen_config)) if spec.generator else None
     if generator is not None: share_embeddings(generator, discriminator)
     return generator, discriminator
+
+
+class CopyingMaskedLM(ElectraForMaskedLM):
+    """All-Tokens MLM's model (the paper, section 3.2): Hugging Face's ElectraForMaskedLM plus a copy gate, a sigmoid
+    layer on each token's hidden state whose output D is the probability that the token is the one it reads. Its
+    output distribution is D on the input token plus 1 - D times the MLM softmax. The gate serves pretraining only:
+    the export writes the ElectraForMaskedLM without it (`checkpoint.export_huggingface`)."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.copy_gate = nn.Linear(config.hidden_size, 1)
+        nn.init.normal_(self.copy_gate.weight, std=config.initializer_range)
+        nn.init.zeros_(self.copy_gate.bias)
+
+    def all_token_outputs(self, input_ids, attention_mask=None, token_type_ids=None):
+        """(MLM logits (B, L, V), copy-gate logits (B, L)) at every position."""
+        hidden = self.electra(input_ids=input_ids, attention_mask=attention_mask,
+                              token_type_ids=token_type_ids).last_hidden_state          # (B, L, H)
+        return self.generator_lm_head(self.generator_predictions(hidden)), self.copy_gate(hidden).squeeze(-1)
 
 
 def pair_from_function(spec, vocab_size, max_length):
@@ -142,6 +162,7 @@ class ElectraOutput:
     disc_weight: torch.Tensor = None  # (B, L) where the discriminator's loss counts (None: every real token)
     model_logits: torch.Tensor = None  # (B, N, V) an MLM head: the model's logits at the masked slots
     model_loss: torch.Tensor = None    # () an MLM head: the model's MLM loss
+    copy_logits: torch.Tensor = None   # (B, L) the copy mechanism (All-Tokens MLM): logit of D at every token
 
 
 class ELECTRA(nn.Module):
@@ -198,6 +219,12 @@ class ELECTRA(nn.Module):
             # The original text with samples put in at the used slots: never [MASK]
             out.disc_input = input_ids.scatter(1, positions, slot_writes(out.sampled_ids, masked_ids, weight))
             out.is_replaced = out.disc_input != input_ids    # a sample equal to the original is labelled real
+        if spec.copy:  # All-Tokens MLM: every token predicted, its input token copied with probability D
+            logits, out.copy_logits = self.discriminator.all_token_outputs(out.disc_input, attention_mask,
+                                                                           token_type_ids)  # (B, L, V), (B, L)
+            out.model_logits = logits.gather(1, positions.unsqueeze(-1).expand(-1, -1, logits.size(-1)))
+            out.model_loss = copy_mlm_loss(logits, out.copy_logits, out.disc_input, input_ids, attention_mask)
+            return out
         if not spec.detects:  # an MLM head predicts the original tokens at the masked positions (BERT, Replace MLM)
             out.model_logits = generator_logits_at(self.discriminator, out.disc_input, attention_mask, token_type_ids,
                                                    positions)
@@ -336,6 +363,21 @@ def masked_lm_loss(logits, masked_ids, weight):
 def mlm_loss(out): return masked_lm_loss(out.mlm_logits, out.masked_ids, out.masked_weight)
 
 
+def copy_mlm_loss(logits, copy_logits, model_input, original, attention_mask):
+    """All-Tokens MLM with the copy mechanism: the mean over real tokens of -log p(original), where
+    p = D [the token read is the original] + (1 - D) softmax(logits)[original] and D = sigmoid(copy_logits).
+
+    logits (B, L, V); copy_logits, model_input (what the model read), original, attention_mask (B, L). Where the model
+    read the original token (most tokens) both terms count; where it read a replacement only the MLM term can
+    explain the original. Computed in log space, in fp32."""
+    log_mlm = torch.log_softmax(logits.float(), -1).gather(-1, original.unsqueeze(-1)).squeeze(-1)  # (B, L)
+    log_copy, log_not_copy = F.logsigmoid(copy_logits.float()), F.logsigmoid(-copy_logits.float())
+    from_mlm = log_not_copy + log_mlm
+    log_p = torch.where(model_input == original, torch.logaddexp(log_copy, from_mlm), from_mlm)
+    real = attention_mask.float()
+    return -(log_p * real).sum() / real.sum().clamp_min(1)
+
+
 def discriminator_loss(out):
     """Mean BCE where `out.disc_weight` is 1 (every real token; scored 'masked': the masked positions)."""
     mask = out.attention_mask.float() if out.disc_weight is None else out.disc_weight
@@ -354,7 +396,11 @@ def step_metrics(out: ElectraOutput):
     if out.disc_logits is None:  # an MLM head (in the order the paper's objective logs them)
         metrics = {} if out.mlm_logits is None else dict(
             mlm_loss=out.mlm_loss.detach(), gen_acc=hits(top(out.mlm_logits)), sampled_acc=hits(out.sampled_ids))
-        return dict(metrics, model_mlm_loss=out.model_loss.detach(), model_acc=hits(top(out.model_logits)))
+        metrics.update(model_mlm_loss=out.model_loss.detach(), model_acc=hits(top(out.model_logits)))
+        if out.copy_logits is not None:  # All-Tokens MLM: the mean copy probability D over real tokens
+            real = out.attention_mask.float()
+            metrics['copy_prob'] = (torch.sigmoid(out.copy_logits.float()) * real).sum() / real.sum()
+        return metrics
     real = out.attention_mask.float()                                         # (B, L)
     labels = out.is_replaced.float() * real
     predicted = (out.disc_logits > 0).float() * real

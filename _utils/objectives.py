@@ -25,13 +25,15 @@ class Objective:
     head: str        # HEADS
     reads: str       # 'samples' or 'masked'
     scored: str      # 'all' or 'masked'
+    copy: bool = False  # an MLM head scored on every token (All-Tokens MLM): its output puts a learned probability D
+                        # on the token it reads and 1 - D on the MLM softmax (the paper's copy mechanism)
 
     def __post_init__(self):
         # The combinations the step computes: samples need a generator; a detector reads samples (it labels what
-        # they replaced); an MLM head predicts at the masked positions only
+        # they replaced); an MLM head predicts at the masked positions, or at every token with the copy mechanism
         ok = (self.head in HEADS and self.reads in ('samples', 'masked') and self.scored in ('all', 'masked')
               and (self.generator or self.reads == 'masked') and (not self.detects or self.reads == 'samples')
-              and (self.detects or self.scored == 'masked'))
+              and (self.detects or (self.scored == 'all') == self.copy) and not (self.detects and self.copy))
         if not ok: raise ValueError(f'objective {self.name!r}: the step cannot compute {self}')
 
     @property
@@ -49,6 +51,9 @@ OBJECTIVES = {o.name: o for o in (
               'predicts the originals there', generator=True, head='mlm', reads='samples', scored='masked'),
     Objective('mlm', 'BERT: the discriminator-sized model trained as a masked language model alone, no generator',
               generator=False, head='mlm', reads='masked', scored='masked'),
+    Objective('all-tokens-mlm', 'All-Tokens MLM: as Replace MLM, but the model predicts every token, its input token '
+              'with a learned copy probability D, the rest with 1 - D times its MLM softmax', generator=True,
+              head='mlm', reads='samples', scored='all', copy=True),
 )}
 DEFAULT_OBJECTIVE = 'electra'  # the paper's; also what checkpoints from before the option were trained with
 

@@ -45,17 +45,69 @@ def test_every_objective_gets_the_same_budget_in_its_own_steps():
         assert abs(p['steps'] * p['step_flops'] - budget) <= 5 * p['step_flops']  # steps rounded to tens
 
 
-def test_report_writes_the_table_and_the_plot(tmp_path):
+def test_the_hour_profile_sets_the_five_objectives_side_by_side_with_two_seeds_for_electra_and_mlm():
+    args = learning.parse_args(['--profile', 'cpu-hour'])
+    assert args.objectives == ['electra', 'electra-15', 'replace-mlm', 'all-tokens-mlm', 'mlm']
+    assert {o: learning.pretraining_seeds(args, o) for o in args.objectives} == {
+        'electra': [0, 1], 'electra-15': [0], 'replace-mlm': [0], 'all-tokens-mlm': [0], 'mlm': [0, 1]}
+    assert (args.position, args.tokenizer, args.vocab_size, args.fractions, args.tasks, args.seeds) == (
+        'rope', 'train', 8192, '0.25,0.5,1', 'cola,mrpc,stsb,rte', 3)
+    assert learning.parse_args([]).pretrain_seeds == 1 and learning.parse_args([]).objectives == ['electra', 'mlm']
+
+
+def test_a_rows_score_is_the_mean_of_task_medians_with_a_bootstrap_interval():
+    runs = [{'CoLA': [10.0, 20.0, 30.0], 'RTE': [50.0, 52.0, 60.0]}]
+    assert learning.row_score(runs) == (20.0 + 52.0) / 2
+    assert learning.row_score(runs + [{'CoLA': [0.0, 0.0, 40.0], 'RTE': [52.0, 52.0, 52.0]}]) == (15.0 + 52.0) / 2
+    low, high = learning.interval(learning.bootstrap(runs, n=500))
+    assert low < 36.0 < high and 30.0 <= low and high <= 45.0   # within the runs' own range
+    same = [{'CoLA': [10.0, 10.0, 10.0], 'RTE': [50.0, 50.0, 50.0]}]
+    assert learning.interval(learning.bootstrap(same, n=50)) == (30.0, 30.0)
+
+
+def test_report_writes_the_table_differences_and_plot(tmp_path):
     args = learning.parse_args(['--results', str(tmp_path / 'RESULTS.md'), '--plot', str(tmp_path / 'plot.png'),
                                 '--out_dir', str(tmp_path)])
     (tmp_path / 'cpu').mkdir()
-    rows = [('electra', 0.5, 1000, 1e13, {'CoLA': 10.0, 'MRPC': 70.0}),
-            ('electra', 1.0, 2000, 2e13, {'CoLA': 12.0, 'MRPC': 72.0}),
-            ('mlm', 1.0, 2300, 2e13, {'CoLA': 8.0, 'MRPC': 69.0}),
-            ('random init', 0.0, 0, 0.0, {'CoLA': 5.0, 'MRPC': 68.0})]
-    learning.report(args, 2e13, rows, minutes=1.0)
+    row = lambda o, seed, f, cola, mrpc: dict(objective=o, seed=seed, fraction=f, steps=int(2000 * f), flops=2e13 * f,
+                                             scores={'CoLA': cola, 'MRPC': mrpc})
+    rows = [row('electra', 0, 0.5, [9.0, 10.0, 11.0], [69.0, 70.0, 71.0]),
+            row('electra', 0, 1.0, [11.0, 12.0, 13.0], [71.0, 72.0, 73.0]),
+            row('random init', 0, 0.0, [4.0, 5.0, 6.0], [67.0, 68.0, 69.0]),
+            row('electra', 1, 1.0, [11.5, 12.0, 12.5], [72.0, 72.0, 72.0]),
+            row('mlm', 0, 1.0, [11.0, 12.0, 13.0], [70.0, 72.0, 74.0])]
+    table, diffs = learning.report(args, 2e13, rows, minutes=1.0)
     text = (tmp_path / 'RESULTS.md').read_text()
-    assert '| objective | steps | pretraining FLOPs | CoLA | MRPC | average |' in text
-    assert '| electra | 2,000 | 2e+13 | 12.0 | 72.0 | 42.0 |' in text
-    assert '| random init | 0 | 0 | 5.0 | 68.0 | 36.5 |' in text
+    assert '| objective | pretraining runs | steps | pretraining FLOPs | CoLA | MRPC | GLUE average | 95% interval |' \
+        in text
+    assert '| electra | 0, 1 | 2,000 | 2e+13 | 12.0 | 72.0 | 42.0 |' in text   # both seeds' runs, one median
+    assert '| random init | - | 0 | 0 | 5.0 | 68.0 | 36.5 |' in text
+    labels = {label: (d, lo, hi) for label, d, (lo, hi) in diffs}
+    assert labels['electra - mlm at 100%'][0] == 0.0 and labels['electra (100%) - random init'][0] == 5.5
+    lo, hi = labels['electra (100%) - random init'][1:]
+    assert 0 < lo <= 5.5 <= hi                                                  # beyond the interval: yes
+    assert '| electra (100%) - random init | +5.5 |' in text and text.count('| yes |') == 1
     assert (tmp_path / 'plot.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+
+
+def test_the_random_init_row_is_the_pretrained_rows_model_untrained(tokenizer, tmp_path):
+    """Same shape, positions and vocabulary as the checkpoint it is made from, fresh weights, step 0: what finetune.py
+    loads like any checkpoint."""
+    import torch
+
+    from _utils.checkpoint import load_checkpoint, make_checkpoint
+    from _utils.glue_models import load_pretrained
+    torch.manual_seed(3)
+    electra = build_electra('tiny', tokenizer, max_length=32, position='rope')
+    trained = tmp_path / 'run.pth'
+    torch.save(make_checkpoint(electra, tokenizer, {'max_length': 32}, 10, 10), trained)
+    (tmp_path / 'checkpoints').mkdir()
+    path = learning.random_checkpoint(trained, tmp_path)
+    random, original = load_checkpoint(path), load_checkpoint(trained)
+    assert random['step'] == 0 and random['tokenizer'] == original['tokenizer']
+    assert random['discriminator_config'] == original['discriminator_config']
+    assert random['discriminator'].keys() == original['discriminator'].keys()
+    assert not torch.equal(random['discriminator']['electra.encoder.layer.0.output.dense.weight'],
+                           original['discriminator']['electra.encoder.layer.0.output.dense.weight'])
+    assert load_pretrained(str(path)).electra.config.position == 'rope'
+    assert learning.random_checkpoint(trained, tmp_path) == path  # made once, then reused

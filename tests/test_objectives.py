@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from transformers import ElectraForMaskedLM, ElectraForPreTraining
 
 from _utils.checkpoint import export_huggingface, load_weights, make_checkpoint, models_from_checkpoint
-from _utils.electra import ELECTRA, OBJECTIVES, ElectraLoss, step_metrics, used_positions
+from _utils.electra import (ELECTRA, OBJECTIVES, CopyingMaskedLM, ElectraLoss, copy_mlm_loss, step_metrics,
+                            used_positions)
 from _utils.errors import UserError
 from _utils.glue_models import _from_checkpoint
 from _utils.objectives import Objective
@@ -55,6 +56,7 @@ def test_every_objective_builds_the_right_pair(tokenizer):
     assert isinstance(kinds['electra-15'].discriminator, ElectraForPreTraining)
     assert isinstance(kinds['replace-mlm'].discriminator, ElectraForMaskedLM)
     assert isinstance(kinds['mlm'].discriminator, ElectraForMaskedLM)
+    assert isinstance(kinds['all-tokens-mlm'].discriminator, CopyingMaskedLM)  # an ElectraForMaskedLM with a gate
     assert kinds['mlm'].generator is None
     # the MLM model is the discriminator's size, not the generator's
     assert kinds['mlm'].discriminator.config.hidden_size == kinds['electra'].discriminator.config.hidden_size == 128
@@ -133,13 +135,54 @@ def test_replace_mlm_input_has_generator_samples_not_mask(tokenizer):
     assert {'mlm_loss', 'gen_acc', 'model_mlm_loss', 'model_acc'} <= set(step_metrics(out))
 
 
+def test_all_tokens_mlm_loss_is_the_papers_copy_mechanism_on_a_fixture_batch():
+    """p(x_t) = D [x~_t = x_t] + (1 - D) softmax(x_t) on every real token (the paper, section 3.2), by hand."""
+    torch.manual_seed(0)
+    original = torch.tensor([[5, 6, 7, 8, 0], [9, 5, 6, 0, 0]])
+    read = torch.tensor([[5, 3, 7, 8, 0], [9, 5, 2, 0, 0]])     # two tokens replaced (3 for 6, 2 for 6)
+    mask = (original != 0).long()
+    logits, gate = torch.randn(2, 5, 10), torch.randn(2, 5)
+    terms = []
+    for b in range(2):
+        for t in range(5):
+            if not mask[b, t]: continue
+            d, p_mlm = torch.sigmoid(gate[b, t]), logits[b, t].softmax(-1)[original[b, t]]
+            copied = d if read[b, t] == original[b, t] else 0.0   # the copy term: only where the token read is right
+            terms.append(-torch.log(copied + (1 - d) * p_mlm))
+    torch.testing.assert_close(copy_mlm_loss(logits, gate, read, original, mask), torch.stack(terms).mean())
+    # a replaced token is explained by the MLM softmax alone: a surer copy gate there only costs
+    sure = gate.clone()
+    sure[0, 1] += 5
+    assert copy_mlm_loss(logits, sure, read, original, mask) > copy_mlm_loss(logits, gate, read, original, mask)
+    sure = gate.clone()
+    sure[0, 0] += 5                                                # a token read right: a surer gate helps
+    assert copy_mlm_loss(logits, sure, read, original, mask) < copy_mlm_loss(logits, gate, read, original, mask)
+
+
+def test_all_tokens_mlm_reads_samples_and_predicts_every_token(tokenizer):
+    electra = model_for('all-tokens-mlm', tokenizer)
+    torch.manual_seed(1)
+    ids, types = fixture_batch()
+    out, seen = inputs_seen(electra, ids, types)
+    used = used_mask(out)
+    assert (seen['model'][used] != MASK).all() and (seen['model'] == out.disc_input).all()  # samples, never [MASK]
+    assert out.copy_logits.shape == ids.shape and out.disc_logits is None
+    logits, gate = electra.discriminator.all_token_outputs(out.disc_input, out.attention_mask, types)
+    torch.testing.assert_close(out.copy_logits, gate)
+    torch.testing.assert_close(out.model_loss, copy_mlm_loss(logits, gate, out.disc_input, ids, out.attention_mask))
+    torch.testing.assert_close(ElectraLoss()(out), out.mlm_loss + out.model_loss)
+    metrics = step_metrics(out)
+    assert {'mlm_loss', 'gen_acc', 'model_mlm_loss', 'model_acc', 'copy_prob'} <= set(metrics)
+    assert 0 < metrics['copy_prob'] < 1
+
+
 def test_a_pair_that_does_not_fit_the_objective_is_refused(tokenizer):
     electra = model_for('electra', tokenizer)
     with pytest.raises(UserError, match='needs a generator'):
         ELECTRA(None, electra.discriminator, MASK, [CLS, SEP, MASK, PAD], objective='electra')
 
 
-@pytest.mark.parametrize('objective', ['electra-15', 'replace-mlm', 'mlm'])
+@pytest.mark.parametrize('objective', ['electra-15', 'replace-mlm', 'mlm', 'all-tokens-mlm'])
 def test_checkpoint_records_the_objective_and_restores_it(objective, tokenizer, tmp_path):
     electra = model_for(objective, tokenizer)
     ckpt = make_checkpoint(electra, tokenizer, {'objective': objective}, 1, 1, with_rng=False)
@@ -210,8 +253,10 @@ def test_held_out_examples_are_the_corpus_end_and_measured_without_side_effects(
 
 
 @pytest.mark.slow
-def test_pretrain_py_with_mlm_resumes_exactly_and_its_checkpoint_finetunes(tmp_path):
-    """The whole path for the objective without a generator: pretrain.py, an exact resume, finetune.py."""
+@pytest.mark.parametrize('objective', ['mlm', 'all-tokens-mlm'])
+def test_pretrain_py_with_mlm_resumes_exactly_and_its_checkpoint_finetunes(objective, tmp_path):
+    """The whole path for the objective without a generator and for the one with a copy gate: pretrain.py, an exact
+    resume, finetune.py."""
     import csv
     import subprocess
     import sys
@@ -219,7 +264,7 @@ def test_pretrain_py_with_mlm_resumes_exactly_and_its_checkpoint_finetunes(tmp_p
     root = Path(__file__).resolve().parents[1]
     args = ['--size', 'tiny', '--compile', 'none', '--batch_size', '4', '--max_length', '32', '--precision', 'fp32',
             '--device', 'cpu',
-            '--logger', 'csv', '--log_every', '1', '--warmup_steps', '2', '--objective', 'mlm', '--run_name', 'm',
+            '--logger', 'csv', '--log_every', '1', '--warmup_steps', '2', '--objective', objective, '--run_name', 'm',
             '--max_steps', '4', '--checkpoint_fractions', '1']
 
     def run(script, *more, folder):
@@ -235,11 +280,12 @@ def test_pretrain_py_with_mlm_resumes_exactly_and_its_checkpoint_finetunes(tmp_p
 
     full, half = tmp_path / 'full', tmp_path / 'half'
     out = run('pretrain.py', *args, '--save_every', '2', folder=full)
-    assert 'objective mlm' in out and 'no generator' in out and 'Model MLM loss' in out
+    assert f'objective {objective},' in out and 'Model MLM loss' in out
+    assert ('no generator' in out) == (objective == 'mlm')
     (half / 'ckpt').mkdir(parents=True)
     (full / 'ckpt' / 'm_seed0_step2.pth').rename(half / 'ckpt' / 'm_seed0_step2.pth')
     out = run('pretrain.py', '--resume', 'latest', '--run_name', 'm', folder=half)  # the objective comes back too
-    assert 'from step 2' in out and 'objective mlm' in out
+    assert 'from step 2' in out and f'objective {objective},' in out
     a, b = losses(full), losses(half)
     assert sorted(b) == [3, 4] and all(abs(a[s] - b[s]) <= 1e-6 for s in b)
     out = run('finetune.py', '--model', str(full / 'ckpt' / 'm_seed0_100pct.pth'), '--tasks', 'rte', '--n_runs', '1',
@@ -255,7 +301,9 @@ def test_each_entry_says_what_its_objective_trains():
         'electra-15': (True, 'discriminator', 'samples', 'masked'),
         'replace-mlm': (True, 'mlm', 'samples', 'masked'),
         'mlm': (False, 'mlm', 'masked', 'masked'),
+        'all-tokens-mlm': (True, 'mlm', 'samples', 'all'),
     }
+    assert [n for n, o in OBJECTIVES.items() if o.copy] == ['all-tokens-mlm']
     assert [n for n, o in OBJECTIVES.items() if o.detects] == ['electra', 'electra-15']
     assert all(n == o.name and o.summary for n, o in OBJECTIVES.items())
 
