@@ -107,9 +107,12 @@ def plan(args):
     """Per objective: FLOPs per step and the steps the budget buys (a multiple of 10, so that checkpoints land on
     whole steps)."""
     from _utils.pretraining import build_electra, step_flops
-    from _utils.text import load_tokenizer
-    tokenizer = load_tokenizer('bundled')
-    flops = {o: step_flops(build_electra(args.size, tokenizer, max_length=args.max_length, objective=o),
+    from _utils.text import load_tokenizer, train_tokenizer
+    # the runs' own vocabulary (its size decides the output layers' FLOPs), masking and positions
+    tokenizer = (train_tokenizer(args.corpus, args.vocab_size or 30_522) if args.tokenizer == 'train'
+                 else load_tokenizer(args.tokenizer or 'bundled'))
+    options = {k: getattr(args, k) for k in ('mask_prob', 'position') if getattr(args, k) is not None}
+    flops = {o: step_flops(build_electra(args.size, tokenizer, max_length=args.max_length, objective=o, **options),
                            args.batch_size, args.max_length) for o in {'electra', *args.objectives}}
     budget = flops['electra'] * args.budget_steps
     return budget, {o: dict(step_flops=flops[o], steps=max(10, round(budget / flops[o] / 10) * 10))
