@@ -16,7 +16,8 @@
 #   each with its place in the text, so marks land on the characters as written, case and accents kept;
 # - a word's **P(replaced)** is the sigmoid of the discriminator's logit, the **maximum over the word's pieces**: a
 #   word is replaced when any of its pieces is (the generator replaces pieces, not words);
-# - a **long text** is read in chunks of whole words, each as long as the model's positions allow (512 here);
+# - a **long text** is read in chunks of whole words, each at most as long as the examples the model was pretrained on
+#   (64 tokens for the demo; positions beyond that never got a gradient; a Hugging Face folder: its positions);
 # - a word above `--threshold` is **flagged**; with `--correct` its pieces become one `[MASK]` and the generator's
 #   most probable whole words are proposed (no `##` continuation, special token, or the word itself);
 #   `--rescore` puts each proposal in the word's place and ranks them by the discriminator's P(replaced) there,

@@ -45,7 +45,8 @@ started = time.perf_counter()
 # the number of runs per task from the paper's 10 to 3 (still a median), so that the whole bundled sample finetunes
 # in a few minutes on a laptop CPU; `paper` is the paper's protocol (10 runs); `tupe` is TUPE's (RECIPE.md, "TUPE"):
 # a learning-rate search over 2, 3, 4 and 5e-5 with 5 runs per rate, the median per rate and the best rate's median
-# per task, 10 epochs (5 for MNLI, QNLI and QQP), warmup 6%. The learning rate and the layer-wise decay follow the
+# per task, 10 epochs (5 for MNLI, QNLI and QQP), warmup 6%, one rate for every layer, weight decay 0.01 and Adam with
+# bias correction and betas (0.9, 0.98). The learning rate and the layer-wise decay follow the
 # model's size unless given (`--lrs` gives a search of your own). Any field can be overridden from the command line,
 # e.g. `python finetune.py --tasks cola,rte --n_runs 5`; `--help` lists them.
 
@@ -111,7 +112,9 @@ class MyConfig(Runs):
                                            valid=POSITIVE)
     warmup_fraction: float = option(0.1, 'linear warmup, as a fraction of all steps of a run', valid=within(0, 1, '[)'))
     weight_decay: float = option(0.0, 'decoupled weight decay (0 for GLUE)')
-    adam_eps: float = option(1e-6, 'Adam epsilon (Adam without bias correction)')
+    adam_eps: float = option(1e-6, 'Adam epsilon')
+    adam_beta2: float = option(0.999, 'Adam beta2 (TUPE: 0.98)')
+    bias_correction: bool = option(False, "Adam's bias correction (the official code has none; TUPE's has it)")
     clip: float = option(1.0, 'global gradient-norm clip')
     loss_reduction: str = option('sum', "a batch's loss: the 'sum' of its examples' losses (the official code) "
                                  "or their 'mean'", choices=['sum', 'mean'])
@@ -120,12 +123,16 @@ class MyConfig(Runs):
     PRESETS = {
         'demo': dict(n_runs=3),
         'paper': dict(n_runs=10, batch_size=32, warmup_fraction=0.1, weight_decay=0.0, max_length=128),
-        'tupe': dict(lrs='2e-5,3e-5,4e-5,5e-5', n_runs=5, epochs=10, large_task_epochs=5, warmup_fraction=0.06),
+        'tupe': dict(lrs='2e-5,3e-5,4e-5,5e-5', n_runs=5, epochs=10, large_task_epochs=5, warmup_fraction=0.06,
+                     layer_lr_decay=1.0, weight_decay=0.01, adam_beta2=0.98, bias_correction=True),
         'none': dict(),
     }
 
     def validate(self):
         super().validate()
+        self.check(self.lr is None or not self.rates,
+                   f'--lr {self.lr} would be ignored: --lrs \'{self.lrs}\' (set by you or the tupe preset) gives the '
+                   f'rates; give --lrs {self.lr} for that one rate, or leave out --lr')
         self.check(all(lr > 0 for lr in self.rates),
                    f"--lrs must be positive numbers separated by commas, e.g. 2e-5,3e-5, got '{self.lrs}'")
         parse_loggers(self.logger)
@@ -150,7 +157,8 @@ check_max_length(pretrained, cfg.max_length)
 recipes = recipes_for(pretrained.size, cfg.rates, lr=cfg.lr, layer_lr_decay=cfg.layer_lr_decay,
                       fix_layer_decay=cfg.fix_layer_decay, batch_size=cfg.batch_size, epochs=cfg.epochs,
                       large_task_epochs=cfg.large_task_epochs, warmup_fraction=cfg.warmup_fraction,
-                      weight_decay=cfg.weight_decay, adam_eps=cfg.adam_eps, clip=cfg.clip,
+                      weight_decay=cfg.weight_decay, adam_eps=cfg.adam_eps, adam_beta2=cfg.adam_beta2,
+                      bias_correction=cfg.bias_correction, clip=cfg.clip,
                       loss_reduction=cfg.loss_reduction, dropout=cfg.dropout, max_length=cfg.max_length)
 recipe, rates = recipes[0], ', '.join(f'{r.lr:g}' for r in recipes)
 config = pretrained.electra.config
@@ -159,7 +167,8 @@ print(f'Model: {pretrained.source}\n  hidden {config.hidden_size}, {config.num_h
       f'lr {rates}, layer decay {recipe.layer_lr_decay:g} '
       f"({'fixed' if recipe.fix_layer_decay else 'official'} depths), batch {recipe.batch_size} "
       f'(loss: {recipe.loss_reduction} over the batch), warmup {recipe.warmup_fraction:.0%}, weight decay '
-      f'{recipe.weight_decay:g}')
+      f"{recipe.weight_decay:g}, Adam {'with' if recipe.bias_correction else 'without'} bias correction (betas 0.9, "
+      f'{recipe.adam_beta2:g})')
 
 
 # ## 3. Where the results go, and what is already done

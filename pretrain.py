@@ -151,6 +151,9 @@ class MyConfig(Training):
     def validate(self):
         super().validate()  # each field's choices and rule (`valid=`)
         self.check(not (self.pair and self.init_from), 'give --pair or --init_from, not both')
+        self.check(OBJECTIVES[self.objective].detects or self.discriminator_weight == type(self).discriminator_weight,
+                   f'--discriminator_weight weighs the discriminator\'s loss, which --objective {self.objective} does '
+                   'not have (its model\'s MLM loss has weight 1); leave it out')
         parse_loggers(self.logger)
         self.check(all(0 < f <= 1 for f in self.fractions), '--checkpoint_fractions must be numbers in (0, 1]')
         if not self.run_name: self.run_name = self.preset if self.preset != 'none' else self.size

@@ -70,14 +70,17 @@ class Detector:
     tokenizer: object                   # a fast tokenizer (offsets, word ids)
     generator: torch.nn.Module = None   # ElectraForMaskedLM; None: detection only
     source: str = ''                    # where the models came from, for the printout
+    trained_length: int = None          # tokens per example in pretraining (a checkpoint records it); None: unknown
 
     @property
     def device(self): return next(self.discriminator.parameters()).device
 
     @property
     def max_pieces(self):
-        """Pieces per chunk: the model's positions (and the tokenizer's limit) less [CLS] and [SEP]."""
-        return min(self.discriminator.config.max_position_embeddings, self.tokenizer.model_max_length) - 2
+        """Pieces per chunk: the length the model was pretrained at, where known (positions beyond it never got a
+        gradient), else its positions (and the tokenizer's limit), less [CLS] and [SEP]."""
+        return min(self.discriminator.config.max_position_embeddings, self.tokenizer.model_max_length,
+                   self.trained_length or 10 ** 9) - 2
 
     @cached_property
     def whole_words(self):
@@ -138,7 +141,8 @@ def _from_checkpoint(path):
                         f"{' or '.join(o.name for o in OBJECTIVES.values() if o.detects)}")
     generator, discriminator = models_from_checkpoint(ckpt)  # with the checkpoint's positions (TUPE too)
     return Detector(discriminator, tokenizer_from_checkpoint(ckpt), generator,
-                    f"checkpoint {path.resolve()} (step {ckpt.get('step', '?')})")
+                    f"checkpoint {path.resolve()} (step {ckpt.get('step', '?')})",
+                    trained_length=(ckpt.get('config') or {}).get('max_length'))
 
 
 def _from_export(source):

@@ -50,6 +50,8 @@ class Recipe:
     warmup_fraction: float = 0.1
     weight_decay: float = 0.0
     adam_eps: float = 1e-6
+    adam_beta2: float = 0.999
+    bias_correction: bool = False  # the official code's Adam has none; TUPE's finetuning (fairseq's Adam) has it
     clip: float = 1.0
     loss_reduction: str = 'sum'     # the batch's per-example losses summed, as the official code does (or 'mean')
     dropout: float = 0.1
@@ -164,10 +166,11 @@ class DevEvaluation(Callback):
 # One run
 # ---------------------------------------------------------------------------------------------------------------
 def finetuning_optimizer(model, recipe, n_layers):
-    """Adam without bias correction, no weight decay, lr * decay^(n+2-depth) per layer (RECIPE.md)."""
+    """The recipe's Adam: by default the paper's (no bias correction, no weight decay, lr * decay^(n+2-depth) per
+    layer: RECIPE.md); TUPE's preset: bias-corrected, betas (0.9, 0.98), weight decay 0.01, one lr for all layers."""
     return make_optimizer(model, lr=recipe.lr, weight_decay=recipe.weight_decay, eps=recipe.adam_eps,
-                          layer_lr_decay=recipe.layer_lr_decay, n_layers=n_layers,
-                          fix_layer_decay=recipe.fix_layer_decay)
+                          betas=(0.9, recipe.adam_beta2), layer_lr_decay=recipe.layer_lr_decay, n_layers=n_layers,
+                          fix_layer_decay=recipe.fix_layer_decay, bias_correction=recipe.bias_correction)
 
 
 def finetuning_learner(model, train_dl, task, recipe, n_layers, epochs, precision='fp32',

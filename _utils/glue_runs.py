@@ -28,6 +28,7 @@ RUN_COLUMNS = ('task', 'run', 'seed', 'epoch', 'step', 'train_loss', 'main_metri
 
 
 RENAMED_SETTINGS = {'fixed_off_by_one': 'fix_layer_decay'}  # settings.json written by older versions
+ADDED_SETTINGS = dict(adam_beta2=0.999, bias_correction=False)  # absent from older settings.json: what they ran with
 SETTINGS_FILE = 'settings.json'  # beside runs.csv: what its runs were made with, checked by --resume
 
 
@@ -124,8 +125,9 @@ def _check_settings(path, settings, notify):
         saved = json.loads(path.read_text())
     except (OSError, ValueError) as e:
         raise UserError(f'--resume: cannot read {path} ({e}); drop --resume to start a new set of runs') from None
-    saved = {RENAMED_SETTINGS.get(k, k): v for k, v in saved.items()}
     now = json.loads(json.dumps(settings))  # as saved: tuples become lists
+    saved = {**{k: v for k, v in ADDED_SETTINGS.items() if k in now},
+             **{RENAMED_SETTINGS.get(k, k): v for k, v in saved.items()}}
     changed = [f'{k} {saved.get(k)!r} -> {now.get(k)!r}' for k in [*now, *(k for k in saved if k not in now)]
                if saved.get(k) != now.get(k)]
     if changed:

@@ -101,6 +101,9 @@ CASES = {
                                                                     'has 512 positions), got 1024']),
     'unknown size': (PRETRAIN, ['--size', 'smal'], ["--size 'smal' is not one of", "did you mean 'small'"]),
     'unknown logger': (PRETRAIN, ['--logger', 'csv,wandb'], ["unknown logger 'wandb'"]),
+    'a weight the objective ignores': (PRETRAIN, ['--objective', 'mlm', '--discriminator_weight', '10'],
+                                       ["--discriminator_weight weighs the discriminator's loss, which --objective mlm "
+                                        'does not have', 'leave it out']),
     # pretraining: checkpoints to resume from
     'checkpoint missing': (PRETRAIN, ['--resume', '/no/such/checkpoint.pth'],
                            ["checkpoint '/no/such/checkpoint.pth' does not exist"]),
@@ -118,6 +121,9 @@ CASES = {
                                'with no network use --tokenizer bundled or a local folder'], OFFLINE),
     # finetuning: fields and their values
     'finetune runs 0': (FINETUNE, ['--n_runs', '0'], ['--n_runs must be positive, got 0']),
+    'finetune lr beside a search': (FINETUNE, ['--preset', 'tupe', '--lr', '1e-4'],
+                                    ["--lr 0.0001 would be ignored: --lrs '2e-5,3e-5,4e-5,5e-5'",
+                                     'give --lrs 0.0001 for that one rate, or leave out --lr']),
     'finetune length above the model\'s positions': (FINETUNE, ['--max_length', '128'],
                                                      ["--max_length 128 is above the model's 64 positions",
                                                       'give --max_length 64 or less']),

@@ -216,6 +216,25 @@ def save_checkpoint(tokenizer, path, **build):
     return electra
 
 
+def test_a_text_longer_than_the_trained_length_is_read_in_windows_of_at_most_that_length(tokenizer, tmp_path):
+    """Pretrained at 24 tokens, the model has 512 positions, but those past 24 never got a gradient: a long text is
+    read in windows of at most 24 ([CLS] + 22 pieces + [SEP])."""
+    torch.manual_seed(0)
+    electra = build_electra('tiny', tokenizer, max_length=24).eval()
+    torch.save(make_checkpoint(electra, tokenizer, {'max_length': 24}, step=0, total_steps=1, with_rng=False),
+               tmp_path / 'short.pth')
+    detector = load_detector(str(tmp_path / 'short.pth'))
+    assert detector.discriminator.config.max_position_embeddings == 512 and detector.max_pieces == 22
+    shapes = []
+    hook = detector.discriminator.register_forward_pre_hook(
+        lambda module, args, kwargs: shapes.append(tuple(kwargs.get('input_ids', args[0] if args else None).shape)),
+        with_kwargs=True)
+    detection = detect(detector, ' '.join(['the cat sat on the mat'] * 12))  # 72 pieces
+    hook.remove()
+    assert len(detection.words) == 72 and sum(rows for rows, _ in shapes) == 4  # 22 + 22 + 22 + 6 pieces
+    assert max(length for _, length in shapes) == 24
+
+
 def test_a_checkpoint_without_a_discriminator_head_is_refused(tokenizer, tmp_path):
     save_checkpoint(tokenizer, tmp_path / 'mlm.pth', objective='mlm')
     with pytest.raises(UserError, match='--objective mlm, which has no discriminator head'):

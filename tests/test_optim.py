@@ -47,6 +47,22 @@ def test_two_adam_steps_follow_the_moving_averages(impl):
     torch.testing.assert_close(p.detach(), expected, rtol=1e-12, atol=1e-15)
 
 
+@pytest.mark.parametrize('impl', IMPLS)
+def test_with_bias_correction_three_steps_are_torchs_adamw(impl):
+    """TUPE's finetuning optimizer (fairseq's Adam: bias-corrected, weight decay decoupled) is torch's AdamW."""
+    torch.manual_seed(0)
+    p0, grads = torch.randn(4, 3, dtype=torch.float64), [torch.randn(4, 3, dtype=torch.float64) for _ in range(3)]
+    ours, theirs = nn.Parameter(p0.clone()), nn.Parameter(p0.clone())
+    opt = AdamNoBiasCorrection([ours], lr=1e-2, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.01, impl=impl,
+                               bias_correction=True)
+    ref = torch.optim.AdamW([theirs], lr=1e-2, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.01)
+    for g in grads:
+        ours.grad, theirs.grad = g.clone(), g.clone()
+        opt.step()
+        ref.step()
+    torch.testing.assert_close(ours.detach(), theirs.detach(), rtol=1e-10, atol=1e-12)
+
+
 @pytest.mark.parametrize('impl', ['fused', 'foreach'])
 @pytest.mark.parametrize('dtype', [torch.float64, torch.float32])
 def test_fast_implementations_agree_with_the_loop(impl, dtype):

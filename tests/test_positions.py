@@ -145,6 +145,44 @@ def test_a_finetuned_tupe_model_reloads_as_tupe(tokenizer, tmp_path):
         torch.testing.assert_close(reloaded.eval()(ids), model(ids))
 
 
+def test_tupe_positional_parameters_get_the_embeddings_lr_in_layer_wise_decay(tokenizer):
+    """U_Q, U_K, their LayerNorm, the [CLS] scalars and the relative bias sit with the position table they work from
+    (depth 0: lr x 0.8^(n+2)), not with the task head (lr)."""
+    from _utils.finetuning import finetuning_optimizer
+    _, disc = tiny('tupe-r')
+    model = build_classifier(Pretrained(disc.electra, tokenizer, 'tupe', 'test'), 'RTE')
+    opt = finetuning_optimizer(model, Recipe(lr=1e-3), n_layers=2)
+    lr_of = {id(p): g['lr'] * g['lr_scale'] for g in opt.param_groups for p in g['params']}
+    lrs = {name: lr_of[id(p)] for name, p in model.named_parameters()}
+    positional = [n for n in lrs if '.positional.' in n]
+    assert {n.split('.positional.')[1] for n in positional} >= {'query.weight', 'key.weight', 'layer_norm.weight',
+                                                                'cls_to', 'cls_from', 'relative.weight'}
+    table = lrs['electra.embeddings.position_embeddings.weight']
+    assert table == pytest.approx(1e-3 * 0.8 ** 4) and all(lrs[n] == table for n in positional)
+    assert lrs['classifier.weight'] == pytest.approx(1e-3)
+
+
+def test_tupe_attention_computes_with_its_scale_not_only_records_it():
+    """The attention must use the 1/sqrt(2d) TUPE sets (some transformers versions read the scale elsewhere): with
+    1/sqrt(d) in its place the first layer's attention output changes, and back at 1/sqrt(2d) it is as before."""
+    _, disc = tiny('tupe-r')
+    ids, attention = ids_batch(), disc.electra.encoder.layer[0].attention.self
+    seen = []
+    hook = attention.register_forward_hook(lambda module, args, output: seen.append(output[0]))
+    with torch.no_grad():
+        attention.query.weight.mul_(30)  # scores far from 0, as after training (at initialisation they are ~0)
+        attention.key.weight.mul_(30)
+        disc.electra(ids)
+        attention.scaling = attention.attention_head_size ** -0.5
+        disc.electra(ids)
+        attention.scaling = (2 * attention.attention_head_size) ** -0.5
+        disc.electra(ids)
+    hook.remove()
+    tupe, plain, again = seen
+    assert (tupe - plain).abs().max() > 0.05 * tupe.abs().max()
+    torch.testing.assert_close(again, tupe)
+
+
 def test_unknown_position_is_one_line():
     with pytest.raises(UserError, match="unknown position 'tupe'; options: absolute, tupe-a, tupe-r, rope, alibi"):
         electra_configs('tiny', position='tupe')
@@ -306,12 +344,25 @@ def test_pretrain_py_tupe_r_resumes_finetunes_with_a_search_and_refuses_export(t
 
 
 @pytest.mark.slow
-def test_finetune_py_tupe_preset_is_tupes_protocol():
-    """RECIPE.md, "TUPE": lr in {2,3,4,5}e-5, 5 runs per rate, 10 epochs (5 for MNLI, QNLI, QQP), warmup 6%."""
+def test_finetune_py_tupe_preset_is_tupes_protocol(tokenizer):
+    """RECIPE.md, "TUPE": lr in {2,3,4,5}e-5, 5 runs per rate, 10 epochs (5 for MNLI, QNLI, QQP), warmup 6%; and its
+    optimizer: one lr for every layer, weight decay 0.01, Adam with bias correction and betas (0.9, 0.98)."""
+    from _utils.finetuning import finetuning_optimizer, parse_rates, recipes_for
     out = _run('finetune.py', '--help')
     line = next(row for row in out.splitlines() if row.strip().startswith('tupe '))
     assert line.split(None, 1)[1] == ('lrs=2e-5,3e-5,4e-5,5e-5, n_runs=5, epochs=10, large_task_epochs=5, '
-                                      'warmup_fraction=0.06')
+                                      'warmup_fraction=0.06, layer_lr_decay=1.0, weight_decay=0.01, adam_beta2=0.98, '
+                                      'bias_correction=True')
+    preset = dict(field.split('=') for field in line.split(None, 1)[1].split(', '))
+    recipes = recipes_for('small', parse_rates(preset['lrs']), layer_lr_decay=float(preset['layer_lr_decay']),
+                          weight_decay=float(preset['weight_decay']), adam_beta2=float(preset['adam_beta2']),
+                          bias_correction=preset['bias_correction'] == 'True')
+    _, disc = tiny('tupe-r')
+    model = build_classifier(Pretrained(disc.electra, tokenizer, 'tupe', 'test'), 'RTE')
+    opt = finetuning_optimizer(model, recipes[0], n_layers=2)
+    assert {g['lr'] * g['lr_scale'] for g in opt.param_groups} == {2e-5}          # one rate for every layer
+    assert {g['weight_decay'] for g in opt.param_groups} == {0.0, 0.01}            # 0 on LayerNorm and biases
+    assert all(g['bias_correction'] and g['betas'] == (0.9, 0.98) for g in opt.param_groups)
 
 
 @pytest.mark.slow
