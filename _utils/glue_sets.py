@@ -52,7 +52,7 @@ def finetune_plans(plans, data, pretrained, seeds, precision='fp32', device=torc
     """Every plan's runs: each task of `data` x `seeds`, {lr: {task: TaskResult}}. Each plan's epochs go to its
     runs.csv (appended with `resume`), each task's best run so far to <plan.model_dir>/<task>.pth (`save_models`).
     Ctrl-C stops it with one line on how to resume: the finished runs are on disk already."""
-    by_rate = {}
+    by_rate, name, runs_log = {}, 'the first task', None
     try:
         for plan in plans:
             runs_log = RunsLog(plan.log_dir / 'runs.csv', append=resume, settings=plan.settings)
@@ -66,8 +66,9 @@ def finetune_plans(plans, data, pretrained, seeds, precision='fp32', device=torc
                                               config=config, finished=done, best=saved_best(best_file, done),
                                               on_best=save)
     except KeyboardInterrupt:
-        raise SystemExit(f'\ninterrupted during {name}: the finished runs are in {runs_log.path}; run the same '
-                         'command with --resume to train only the missing runs') from None
+        where = runs_log.path if runs_log is not None else plans[0].log_dir / 'runs.csv'
+        raise SystemExit(f'\ninterrupted during {name}: the finished runs are in {where}; run the same command with '
+                         '--resume to train only the missing runs') from None
     return by_rate
 
 
