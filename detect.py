@@ -30,6 +30,7 @@ warnings.filterwarnings('ignore', message='.*torch.jit.script.*is deprecated')  
 
 from _utils.config import Config, option
 from _utils.detection import THRESHOLD, detect, format_text, load_detector, read_texts, to_json
+from _utils.files import say
 from _utils.learner import pick_device
 
 
@@ -80,7 +81,7 @@ if cfg.format == 'text': print(cfg)     # jsonl: standard output holds the JSON 
 
 detector = load_detector(cfg.model, cfg.generator, pick_device(cfg.device), need_generator=cfg.correct)
 if cfg.format == 'text':
-    print(f"{detector.source}: {'discriminator and generator' if detector.generator else 'discriminator only'}")
+    say(f"{detector.source}: {'discriminator and generator' if detector.generator else 'discriminator only'}")
 
 
 # ## 3. Detect, and correct

@@ -26,7 +26,7 @@ import datasets
 from _utils.config import POSITIVE, Config, option, within
 from _utils.electra import SIZES, count_parameters
 from _utils.errors import ensure_writable
-from _utils.files import project_path
+from _utils.files import project_path, say
 from _utils.finetuning import (by_size, group_name_for, missing_files_report, parse_rates, predict_test,
                                recipes_for, run_seeds)
 from _utils.glue_data import glue_source, load_tasks, load_test_only, parse_tasks
@@ -162,7 +162,7 @@ recipes = recipes_for(pretrained.size, cfg.rates, lr=cfg.lr, layer_lr_decay=cfg.
                       loss_reduction=cfg.loss_reduction, dropout=cfg.dropout, max_length=cfg.max_length)
 recipe, rates = recipes[0], ', '.join(f'{r.lr:g}' for r in recipes)
 config = pretrained.electra.config
-print(f'Model: {pretrained.source}\n  hidden {config.hidden_size}, {config.num_hidden_layers} layers, '
+say(f'Model: {pretrained.source}\n  hidden {config.hidden_size}, {config.num_hidden_layers} layers, '
       f'{count_parameters(pretrained.electra) / 1e6:.1f}M parameters -> the {pretrained.size} recipe: '
       f'lr {rates}, layer decay {recipe.layer_lr_decay:g} '
       f"({'fixed' if recipe.fix_layer_decay else 'official'} depths), batch {recipe.batch_size} "
@@ -195,7 +195,7 @@ plans = plan_rates(recipes, log_dir, model_dir, pretrained, source, cfg.dev_frac
 # skipped with a notice; a task without a dev split is evaluated on a fixed 10% of its training set; MRPC and
 # STS-B training data are doubled with the two sentences swapped.
 
-print(f'Data: {source}')
+say(f'Data: {source}')
 data, skipped = load_tasks(cfg.task_names, source, pretrained.tokenizer, cfg.max_length, cfg.dev_fraction)
 for name, task_data in data.items():
     print(f'  {name:6} ' + ', '.join(f'{split} {n:,}' for split, n in task_data.sizes().items()) +
@@ -252,9 +252,9 @@ for name, result in results.items():
 wnli_test = data['WNLI'].test if 'WNLI' in data else load_test_only('WNLI', source, pretrained.tokenizer)
 submission = write_submission(predictions, output_dir,
                               wnli_test_indices=wnli_test['test']['idx'] if 'test' in wnli_test else None)
-print(f"Wrote {len(submission.files)} of 11 files and {submission.zip_path}")
+say(f"Wrote {len(submission.files)} of 11 files and {submission.zip_path}")
 if submission.missing:
-    print('Missing for a complete GLUE server upload:\n' + missing_files_report(submission, results, skipped))
+    say('Missing for a complete GLUE server upload:\n' + missing_files_report(submission, results, skipped))
 print(f'Done in {(time.perf_counter() - started) / 60:.1f} min')
 stop_if_failed(failed)  # the exit status says so, with how to train only the missing runs
 

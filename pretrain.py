@@ -23,7 +23,7 @@ from _utils.checkpoint import (find_checkpoint, import_huggingface, load_checkpo
 from _utils.config import NOT_NEGATIVE, POSITIVE, Config, option, within
 from _utils.electra import MASK_PROB, SIZES, step_metrics
 from _utils.errors import ensure_writable
-from _utils.files import project_path
+from _utils.files import project_path, say
 from _utils.learner import (init_distributed, one_process_at_a_time, pick_device, pick_precision, process_rank,
                             seed_everything, seed_masking)
 from _utils.loggers import LOGGERS, MetricsLogger, parse_loggers
@@ -209,7 +209,7 @@ with one_process_at_a_time(project_path(cfg.data_cache) / '.build.lock', world_s
                                     cache_root=project_path(cfg.data_cache))
     if cfg.tokenizer == 'train' and rank == 0:
         tokenizer.save_pretrained(str(log_dir / 'tokenizer'))
-        print(f'Tokenizer: {len(tokenizer):,} WordPiece tokens trained on {cfg.corpus}, saved in '
+        say(f'Tokenizer: {len(tokenizer):,} WordPiece tokens trained on {cfg.corpus}, saved in '
               f'{log_dir / "tokenizer"}')
     examples = pretraining_examples(cfg.corpus, tokenizer, cfg.max_length, seed=cfg.seed,
                                     num_proc=cfg.num_proc or None, cache_root=project_path(cfg.data_cache))
@@ -296,6 +296,6 @@ from _utils.pretraining import held_out_metrics, learning_summary
 if rank == 0:
     measured = held_out_metrics(electra, held_out, precision=precision) if len(held_out) else None
     print(learning_summary(metrics.history, measured, len(held_out)))
-    print(f'Checkpoints: {", ".join(str(p) for p in checkpointer.saved) or "none"}')
-    print(f'Logs: {log_dir}/ (metrics.csv; TensorBoard: `tensorboard --logdir {log_dir.parent}`)')
+    say(f'Checkpoints: {", ".join(str(p) for p in checkpointer.saved) or "none"}')
+    say(f'Logs: {log_dir}/ (metrics.csv; TensorBoard: `tensorboard --logdir {log_dir.parent}`)')
 

@@ -12,6 +12,18 @@ from .errors import UserError, first_line
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 
 
+def shown(text):
+    """`text` (a message, a path) as printed: paths inside the project folder relative to it
+    ('checkpoints/pretrain/demo_seed0_100pct.pth', as the config's relative paths read), so that what a run prints,
+    and a notebook's saved output, reads the same on every machine. Paths elsewhere stay as they are."""
+    return str(text).replace(str(PROJECT_DIR) + os.sep, '')
+
+
+def say(text):
+    """Print `text` with the project folder's paths `shown` relative to it."""
+    print(shown(text), flush=True)
+
+
 def slug(s):
     """`s` as a file or folder name: letters, digits and -_. kept, anything else '_', at most 48 characters."""
     return ''.join(c if c.isalnum() or c in '-_.' else '_' for c in s)[:48]

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from .errors import UserError
+from .files import say
 from .glue import (BUNDLED_GLUE_DIR, TASKS, TaskUnavailable, double_with_swapped, load_glue_hub, load_glue_tsv,
                    split_off_dev, task_by_name)
 from .text import BUILDER_VERSION, text_to_ids, tokenizer_fingerprint
@@ -190,7 +191,7 @@ class TaskData:
                 **{s: len(d) for s, d in self.test.items()}}
 
 
-def load_task_data(task, source, tokenizer, max_length=128, dev_fraction=0.1, notify=print):
+def load_task_data(task, source, tokenizer, max_length=128, dev_fraction=0.1, notify=say):
     """A task's train / dev / test, encoded; None (after a one-line notice) when the task cannot be trained.
 
     A missing dev split is carved out of train with `split_off_dev` (the same rows for every run). MRPC and
@@ -219,7 +220,7 @@ def load_task_data(task, source, tokenizer, max_length=128, dev_fraction=0.1, no
                     {s: enc(raw[s]) for s in task.test_splits if s in raw}, notes)
 
 
-def load_tasks(names, source, tokenizer, max_length=128, dev_fraction=0.1, notify=print):
+def load_tasks(names, source, tokenizer, max_length=128, dev_fraction=0.1, notify=say):
     """`load_task_data` for each task -> ({name: TaskData}, {name: why it was skipped})."""
     data, skipped = {}, {}
     for name in names:

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from .errors import UserError, first_line
-from .files import atomic_write_text, slug
+from .files import atomic_write_text, say, slug
 from .finetuning import RunResult, finetune_run
 from .glue import GLUE_AVERAGE_TASKS, TASKS, task_by_name
 from .glue_scores import glue_average
@@ -99,7 +99,7 @@ def run_settings(pretrained, recipe, source, dev_fraction):
     return dict(model=pretrained.source, data=str(source), dev_fraction=dev_fraction, **dataclasses.asdict(recipe))
 
 
-def finished_runs(log_dir, settings, recipe, notify=print):
+def finished_runs(log_dir, settings, recipe, notify=say):
     """For --resume: the runs in `log_dir`/runs.csv that reached their last epoch, {task: {(run, seed): RunResult}}.
 
     Refuses in one line when they were made with other `settings` (see `run_settings`).
@@ -198,7 +198,7 @@ class EpochLine:
 
 def finetune_task(data, pretrained, recipe, seeds, runs_log=None, precision='fp32', device=torch.device('cpu'),
                   log_root=None, loggers=('csv', 'tensorboard'), log_every=50, config=None, verbose=True,
-                  finished=None, best=None, on_best=None, notify=print):
+                  finished=None, best=None, on_best=None, notify=say):
     """One run per seed; every epoch's dev metrics go to `runs_log` as they arrive. Keeps the best run's weights.
 
     `finished` {(run, seed): RunResult}: runs an earlier invocation finished (--resume): counted, not redone.

@@ -14,6 +14,7 @@ from .glue import TASKS
 from .glue_models import save_finetuned
 from .glue_runs import (RunsLog, finetune_task, finished_runs, format_table, run_settings, save_summary, saved_best,
                         summarize, is_missing)
+from .files import say
 from .glue_scores import glue_average
 
 
@@ -56,7 +57,7 @@ def finetune_plans(plans, data, pretrained, seeds, precision='fp32', device=torc
     try:
         for plan in plans:
             runs_log = RunsLog(plan.log_dir / 'runs.csv', append=resume, settings=plan.settings)
-            print(f"lr {plan.lr:g}: every epoch's dev metrics -> {runs_log.path}{' (appended)' if resume else ''}")
+            say(f"lr {plan.lr:g}: every epoch's dev metrics -> {runs_log.path}{' (appended)' if resume else ''}")
             results = by_rate[plan.lr] = {}
             for name, task_data in data.items():
                 done, best_file = plan.finished.get(name, {}), plan.model_dir / f'{name}.pth'
@@ -85,12 +86,12 @@ def best_rate_results(plans, by_rate, n_runs, title, group_dir):
         if len(plans) > 1: print(f'lr {plan.lr:g}:')
         print(format_table(table))
         files = save_summary(table, plan.log_dir, title=title + f', lr {plan.lr:g}' * (len(plans) > 1))
-        print(f"Saved {', '.join(str(p) for p in files)}")
+        say(f"Saved {', '.join(str(p) for p in files)}")
     best_rate = {name: plans[0].lr for name in by_rate[plans[0].lr]}
     if len(plans) > 1:
         search, best_rate = lr_search({lr: runs for lr, runs in runs_by_rate.items() if runs})
         print(f"Learning-rate search, the median of {n_runs} runs per rate:\n{formatted_search(search).to_string()}")
-        print(f"Saved {', '.join(str(p) for p in save_search(search, group_dir, title=title + ' and rate'))}")
+        say(f"Saved {', '.join(str(p) for p in save_search(search, group_dir, title=title + ' and rate'))}")
     return {name: by_rate[lr][name] for name, lr in best_rate.items() if name in by_rate[lr]}, table
 
 

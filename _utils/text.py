@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from .errors import UserError, first_line
-from .files import PROJECT_DIR, slug
+from .files import PROJECT_DIR, say, slug
 
 DATASETS_DIR = PROJECT_DIR / 'datasets'
 BUNDLED_VOCAB = DATASETS_DIR / 'vocab' / 'bert-uncased-vocab.txt'
@@ -248,7 +248,7 @@ def pretraining_examples(corpus, tokenizer, max_length, seed=0, num_proc=None, c
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     cache_dir = Path(cache_root) / f"{slug(corpus_name(corpus, kind))}-L{max_length}-{digest}"
     if (cache_dir / 'dataset_info.json').exists():
-        if verbose: print(f'Examples: cached in {cache_dir}')
+        if verbose: say(f'Examples: cached in {cache_dir}')
         return datasets.load_from_disk(str(cache_dir)).with_format('torch')
 
     docs = load_documents(kind, source, cache_dir=str(Path(cache_root).parent / 'hf_cache'))  # not ~/.cache
@@ -267,7 +267,7 @@ def pretraining_examples(corpus, tokenizer, max_length, seed=0, num_proc=None, c
     shutil.rmtree(cache_dir, ignore_errors=True)
     tmp.rename(cache_dir)
     (cache_dir / 'cache_key.json').write_text(json.dumps(key, indent=1))
-    if verbose: print(f'Examples: {len(examples):,} built from {len(docs):,} documents, cached in {cache_dir}')
+    if verbose: say(f'Examples: {len(examples):,} built from {len(docs):,} documents, cached in {cache_dir}')
     return datasets.load_from_disk(str(cache_dir)).with_format('torch')
 
 

@@ -305,9 +305,9 @@ def report(args, budget, rows, minutes):
     options = ', '.join(f'{k} {getattr(args, k)}' for k in PRETRAIN_OPTIONS if getattr(args, k) is not None)
     section = (f'\n## {date.today()}: does pretraining pay? `python bench/learning.py --profile {args.profile}`\n\n'
                f'{args.size}, batch {args.batch_size} x {args.max_length}, lr {args.lr:g}'
-               + (f', {options}' if options else '') + f', corpus `{args.corpus}`; budget {budget:.3g} training FLOPs '
-               f'(the FLOPs of {args.budget_steps:,} ELECTRA steps; FlopCounterMode) per pretraining run; GLUE '
-               f'`{args.glue_dir}`, {args.seeds} finetuning seeds per task and checkpoint, '
+               + (f', {options}' if options else '') + f', corpus `{shown_path(args.corpus)}`; budget {budget:.3g} '
+               f'training FLOPs (the FLOPs of {args.budget_steps:,} ELECTRA steps; FlopCounterMode) per pretraining '
+               f'run; GLUE `{shown_path(args.glue_dir)}`, {args.seeds} finetuning seeds per task and checkpoint, '
                + (f'{args.epochs} epochs' if args.epochs else "each task's epochs")
                + ' (finetune.py defaults for the size otherwise). A task\'s score is its median over all runs (every '
                'pretraining run x finetuning seed); the GLUE average is their mean; the intervals are 95% bootstrap '
@@ -319,6 +319,12 @@ def report(args, budget, rows, minutes):
     (Path(args.out_dir) / args.profile / 'results.json').write_text(json.dumps(rows, indent=1))
     print(section)
     return table, diffs
+
+
+def shown_path(path):
+    """A corpus or GLUE folder as the report shows it: relative to the project folder ('../shared/data/corpus'),
+    names such as 'bundled' as they are."""
+    return os.path.relpath(path, ROOT) if os.path.isabs(str(path)) else str(path)
 
 
 def cpu_name():
