@@ -19,11 +19,11 @@ warnings.filterwarnings('ignore', message='.*torch.jit.script.*is deprecated')  
 
 from _utils.callbacks import Checkpointer, GracefulStop, NonFiniteLoss
 from _utils.checkpoint import (find_checkpoint, import_huggingface, load_checkpoint, load_weights, make_checkpoint,
-                               own_pair_named, restore_training_state, tokenizer_from_checkpoint)
+                               own_pair_named, restart_point, restore_training_state, tokenizer_from_checkpoint)
 from _utils.config import NOT_NEGATIVE, POSITIVE, Config, option, within
 from _utils.electra import MASK_PROB, SIZES, step_metrics
 from _utils.errors import ensure_writable
-from _utils.files import project_path, say
+from _utils.files import claim_run, project_path, say
 from _utils.learner import (init_distributed, one_process_at_a_time, pick_device, pick_precision, process_rank,
                             seed_everything, seed_masking)
 from _utils.loggers import LOGGERS, MetricsLogger, parse_loggers
@@ -139,7 +139,8 @@ class MyConfig(Training):
     data_cache: str = option('datasets/cache', 'where tokenized, packed examples are cached (relative: from the '
                              'project folder)')
     resume: str = option('', "continue a run exactly: 'latest' (newest checkpoint in checkpoint_dir, of --run_name "
-                         "if given) or a checkpoint path; the run's own settings are used, command-line fields win")
+                         "if given) or a checkpoint path; the run's own settings are used, command-line fields win. Under "
+                         'torchrun --max-restarts, a restarted run continues from its newest checkpoint by itself')
     save_every: int = option(1000, 'also save a rolling checkpoint every N steps (0: never); the newest keep_last stay')
     keep_last: int = option(2, 'how many rolling checkpoints to keep')
     skip_nonfinite: bool = option(False, 'skip steps whose loss is nan/inf instead of stopping the run')
@@ -173,6 +174,7 @@ class MyConfig(Training):
 cfg = MyConfig.from_cli()
 if (cfg.pair or cfg.init_from) and 'position' not in cfg.given:
     cfg.position = 'absolute'  # your own pair, or imported models, keep the positions they have (not the preset's)
+cfg.resume = cfg.resume or restart_point(project_path(cfg.checkpoint_dir), cfg.run_name, cfg.seed)  # torchrun
 resume_from = None
 if cfg.resume:  # the saved run's settings, plus whatever the command line sets
     resume_from = load_checkpoint(find_checkpoint(cfg.resume, project_path(cfg.checkpoint_dir),
@@ -192,9 +194,12 @@ if int(os.environ.get("RANK", 0)) == 0: print(cfg)
 rank, world_size = process_rank()  # one process, unless started by torchrun / accelerate
 run_id = f'{cfg.run_name}_seed{cfg.seed}'
 log_dir = project_path(cfg.log_dir) / run_id
-if rank == 0:  # fail now, not after hours of training, if the outputs cannot be written
+claim = None
+if rank == 0:  # fail now, not after hours of training, if the outputs cannot be written or are another run's
     ensure_writable(project_path(cfg.checkpoint_dir), '--checkpoint_dir')
     ensure_writable(project_path(cfg.log_dir), '--log_dir')
+    claim = claim_run(project_path(cfg.checkpoint_dir), run_id, 'wait for it to end (or stop it), or give this run '
+                      'another --run_name or --seed')
 seed_everything(cfg.seed)
 imported = import_huggingface(cfg.init_from) if cfg.init_from else None  # (generator, discriminator, tokenizer)
 with one_process_at_a_time(project_path(cfg.data_cache) / '.build.lock', world_size):  # the first builds them
@@ -298,4 +303,5 @@ if rank == 0:
     print(learning_summary(metrics.history, measured, len(held_out)))
     say(f'Checkpoints: {", ".join(str(p) for p in checkpointer.saved) or "none"}')
     say(f'Logs: {log_dir}/ (metrics.csv; TensorBoard: `tensorboard --logdir {log_dir.parent}`)')
+    claim.release()  # the run's folder is free for another run
 

@@ -12,6 +12,7 @@ from fastai.callback.progress import ProgressCallback
 from fastai.learner import AvgSmoothLoss
 
 from .checkpoint import all_ranks_rng_state
+from .errors import UserError
 from .files import atomic_save
 from .optim import linear_warmup_decay
 
@@ -178,7 +179,11 @@ class Checkpointer(Callback):
         if self.rank == 0:
             ckpt = self.make_checkpoint(self.learn)
             if rng_per_rank is not None: ckpt['rng_per_rank'] = rng_per_rank
-            self.last_saved = atomic_save(ckpt, path)
+            try:
+                self.last_saved = atomic_save(ckpt, path)
+            except UserError as e:  # a full disk: the run stops here; nothing half-written, earlier checkpoints whole
+                raise UserError(f'{e} (the run stopped at step {self.learn.step}; continue it with --resume latest)'
+                                ) from None
             self.saved.append(self.last_saved)
         return path
 

@@ -4,6 +4,7 @@
      generator, discriminator (state dicts), optimizer, rng}
 """
 import json
+import os
 import random
 import warnings
 from pathlib import Path
@@ -12,7 +13,7 @@ import numpy as np
 import torch
 
 from .errors import UserError
-from .files import PROJECT_DIR, safe_load
+from .files import PROJECT_DIR, damage, safe_load, say
 from .objectives import DEFAULT_OBJECTIVE, objective_named
 from .positions import check_exportable, position_of
 from .sources import hf_model, hf_tokenizer, resolve_model
@@ -116,11 +117,20 @@ def models_from_checkpoint(ckpt, pair=''):
     return gen, disc
 
 
-def newest_checkpoint(directory=CHECKPOINT_DIR, pattern='*.pth'):
-    files = sorted(Path(directory).glob(pattern), key=lambda p: p.stat().st_mtime)
+def newest_checkpoint(directory=CHECKPOINT_DIR, pattern='*.pth', notify=say):
+    """The newest checkpoint in `directory` that is whole (`files.damage`): a damaged newer one is skipped, saying
+    so in one line."""
+    files = sorted(Path(directory).glob(pattern), key=lambda p: p.stat().st_mtime, reverse=True)
     if not files:
         raise UserError(f'no checkpoint in {directory}; run `python pretrain.py` first or give a path')
-    return files[-1]
+    damaged = []
+    for path in files:
+        if not (reason := damage(path)):
+            if damaged: notify(f'{", ".join(damaged)}: damaged, skipped; the newest whole checkpoint is {path}')
+            return path
+        damaged.append(f'{path} ({reason})')
+    raise UserError(f'every checkpoint in {directory} is damaged (newest: {damaged[0]}); copy them again or '
+                    'start a new run')
 
 
 def export_huggingface(ckpt, out_dir):
@@ -230,6 +240,19 @@ def _one_model(part):
         raise UserError(f"--init_from: '{part}' is not a folder of one Hugging Face model or a hub id; give Hugging "
                         'Face ELECTRA folders or hub ids')
     return found.where
+
+
+def restart_point(directory, run_name, seed):
+    """In a process that torchrun restarted (`--max-restarts N`) after one of the run's processes died: the run's
+    newest whole checkpoint, to continue from. '' at a first start, or when the run had saved none yet."""
+    restarts = int(os.environ.get('TORCHELASTIC_RESTART_COUNT', 0))
+    if not restarts: return ''
+    try:
+        path = newest_checkpoint(directory, f'{run_name}_seed{seed}_*.pth', notify=lambda line: None)
+    except UserError:
+        return ''
+    if int(os.environ.get('RANK', 0)) == 0: say(f'Restart {restarts} by torchrun: the run continues from {path}')
+    return str(path)
 
 
 def find_checkpoint(spec, directory=CHECKPOINT_DIR, run_name=None):

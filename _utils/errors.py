@@ -26,12 +26,30 @@ def install_excepthook():
     default_hook = sys.excepthook
 
     def hook(kind, value, tb):
-        if issubclass(kind, UserError) and not ('--debug' in sys.argv or os.environ.get('ELECTRA_DEBUG')):
-            print(f'error: {value}', file=sys.stderr)
-            sys.exit(2)
+        if not ('--debug' in sys.argv or os.environ.get('ELECTRA_DEBUG')):
+            if issubclass(kind, UserError):
+                print(f'error: {value}', file=sys.stderr)
+                sys.exit(2)
+            if peer := lost_peer(kind, value):
+                print(f"error: rank {os.environ.get('RANK', 0)}: another process of this run has stopped ({peer}), so "
+                      'this one stops too; continue the run from its newest checkpoint with --resume latest (under '
+                      'torchrun --max-restarts N it does so by itself)', file=sys.stderr)
+                sys.exit(3)
         default_hook(kind, value, tb)
     hook.one_line = True
     sys.excepthook = hook
+
+
+# How gloo and NCCL say that a process they were exchanging with is gone
+PEER_GONE = ('Connection reset by peer', 'Connection closed by peer', 'Broken pipe', 'NCCL communicator was aborted')
+
+
+def lost_peer(kind, value):
+    """In a run of several processes, the words of a collective that failed because another process died (it lost
+    its connection to it); else ''."""
+    import os
+    if int(os.environ.get('WORLD_SIZE', 1)) < 2 or not issubclass(kind, RuntimeError): return ''
+    return next((words.lower() for words in PEER_GONE if words in str(value)), '')
 
 
 def ensure_writable(folder, flag):

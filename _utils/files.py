@@ -1,10 +1,14 @@
 """Files: where the project's folders are, and writing and reading files safely.
 
 Every file a run writes (checkpoints, runs.csv's settings, GLUE submission files) goes through `atomic_write`:
-a kill mid-write leaves the previous file intact. Every torch file a run reads goes through `safe_load`: it never
-runs code from the file, and a truncated or foreign file is one clear line.
+a kill mid-write leaves the previous file intact, and a full disk is one clear line with nothing half-written left
+behind. Every torch file a run reads goes through `safe_load`: it never runs code from the file, and a truncated,
+damaged or foreign file is one clear line. A run holds `claim_run` on its folder while it writes there.
 """
+import errno
 import os
+import time
+import zipfile
 from pathlib import Path
 
 from .errors import UserError, first_line
@@ -36,7 +40,8 @@ def project_path(path):
 
 
 def atomic_write(path, write):
-    """Call `write(tmp)` to fill a temporary file beside `path`, put it on disk, then rename it to `path`."""
+    """Call `write(tmp)` to fill a temporary file beside `path`, put it on disk, then rename it to `path`. A write
+    that fails (a full disk, say) removes the temporary file and leaves `path` as it was, in one clear line."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f'.{path.name}.tmp{os.getpid()}')
@@ -44,17 +49,37 @@ def atomic_write(path, write):
         write(tmp)
         with open(tmp, 'rb+') as f: os.fsync(f.fileno())      # on disk before the rename makes it the real file
         os.replace(tmp, path)
+    except OSError as e:
+        raise UserError(_write_failed(path, e)) from None
     finally:
         if tmp.exists(): tmp.unlink()
     return path
 
 
+def _write_failed(path, e):
+    kept = 'the earlier file there is intact' if path.exists() else 'nothing was written'
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return (f'no space left on the disk to write {shown(path)} ({_free(path.parent)} free); {kept}: free some '
+                'space, or write elsewhere, and run again')
+    return f'cannot write {shown(path)} ({e.strerror or first_line(e)}); {kept}'
+
+
+def _free(folder):
+    try: return f'{os.statvfs(folder).f_bavail * os.statvfs(folder).f_frsize / 2**20:,.0f} MB'
+    except OSError: return 'unknown'
+
+
 def atomic_save(obj, path):
-    """torch.save through `atomic_write`."""
+    """torch.save through `atomic_write`, with the CRC-32 checksum of every record that `damage` checks."""
     import torch
+    crc = getattr(torch.serialization, 'get_crc32_options', lambda: True)()
 
     def save(tmp):
-        with open(tmp, 'wb') as f: torch.save(obj, f)
+        if not crc: torch.serialization.set_crc32_options(True)   # the checksums are what makes damage visible
+        try:
+            with open(tmp, 'wb') as f: torch.save(obj, f)
+        finally:
+            if not crc: torch.serialization.set_crc32_options(False)
     return atomic_write(path, save)
 
 
@@ -62,10 +87,82 @@ def atomic_write_text(path, text):
     return atomic_write(path, lambda tmp: tmp.write_text(text, encoding='utf-8'))
 
 
+def claim_run(folder, run, fix):
+    """Claim `run` in `folder` for this process: a second process claiming it while the first one lives is refused
+    in one line (who holds it, and the `fix`), since both would write the same files. The claim is a lock the
+    operating system drops when the process ends, however it ends (a kill too); `release()` drops it before.
+    Claiming again from the same process (a notebook cell run twice) is allowed."""
+    lock = Path(folder) / f'.{run}.lock'
+    if lock in _claims: return _claims[lock]
+    try:
+        import fcntl
+    except ImportError:  # not a POSIX system: no claim
+        return None
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(lock, 'a+', encoding='utf-8')
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or 'another process'
+        handle.close()
+        raise UserError(f"run '{run}' in {shown(folder)} is being written by {holder}; {fix}") from None
+    handle.truncate(0)
+    handle.write(f"pid {os.getpid()}, started {time.strftime('%Y-%m-%d %H:%M')}\n")
+    handle.flush()
+    _claims[lock] = claim = _Claim(lock, handle)
+    return claim
+
+
+_claims = {}  # lock file -> the _Claim this process holds on it
+
+
+class _Claim:
+    def __init__(self, lock, handle): self.lock, self.handle = lock, handle
+
+    def release(self):
+        if _claims.pop(self.lock, None) is not None: self.handle.close()
+
+
+def damage(path):
+    """Why the torch file at `path` is not whole, or None. torch writes a file as a zip archive with a CRC-32
+    checksum per record (the tensors' bytes among them) but does not check them on loading: a bit flipped by a bad
+    disk or copy would load as wrong weights. This reads every record against its checksum (about 1 GB/s) and finds
+    a cut-short file by its missing zip directory. Other files (torch's old format, foreign ones) are left to torch.load
+to accept or refuse."""
+    path = Path(path)
+    try:
+        stat = path.stat()
+        with open(path, 'rb') as f: head = f.read(4)
+    except OSError as e:
+        return f'unreadable: {e.strerror}'
+    if head != b'PK\x03\x04': return None
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _checked:
+        _checked[key] = _zip_damage(path)
+    return _checked[key]
+
+
+_checked = {}  # (path, size, mtime) -> damage(): a file is read through once per process, not at every look
+
+
+def _zip_damage(path):
+    try:
+        with zipfile.ZipFile(path) as z:
+            records = z.infolist()
+            if all(r.CRC == 0 for r in records if r.file_size): return None  # written with checksums turned off
+            bad = z.testzip()
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as e:
+        return f'truncated or broken ({first_line(e)[:80]})'
+    return f'record {bad!r} differs from the checksum written with it' if bad else None
+
+
 def safe_load(path, what, fix):
-    """torch.load with weights_only (plain values and tensors: never code from the file); a file that cannot be
-    read is one line naming `what` it should have been and the `fix`."""
+    """torch.load with weights_only (plain values and tensors: never code from the file), of a file found whole
+    (`damage`); a file that cannot be read is one line naming `what` it should have been and the `fix`."""
     import torch
+    if reason := damage(path):
+        raise UserError(f"{what} '{shown(path)}' is damaged ({reason}); {fix}")
     try:
         return torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e:

@@ -2,6 +2,7 @@
 that pretraining and finetuning both build (the loop, its callbacks and the optimizer they are given)."""
 import atexit
 import contextlib
+import datetime
 import os
 import random
 from pathlib import Path
@@ -97,9 +98,25 @@ def init_distributed():
         device = torch.device('cuda', local_rank)
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        dist.init_process_group('nccl' if device is not None else 'gloo')
+        backend = 'nccl' if device is not None else 'gloo'
+        store = _restart_store(world_size)
+        if store is None: dist.init_process_group(backend)
+        else: dist.init_process_group(backend, store=store, rank=rank, world_size=world_size)
         atexit.register(_leave_process_group)
     return rank, world_size, device
+
+
+def _restart_store(world_size):
+    """Processes that torchrun restarted (`--max-restarts`) meet in a corner of torchrun's store of their own (None
+    at a first start, or outside torchrun). The store still holds the addresses the processes of the attempt before
+    published there: a process that read one before its new owner overwrote it connected to a dead process (torch
+    2.14, gloo: 'Connection refused', or a hang)."""
+    import torch.distributed as dist
+    restarts = int(os.environ.get('TORCHELASTIC_RESTART_COUNT', 0))
+    if not restarts or os.environ.get('TORCHELASTIC_USE_AGENT_STORE') != 'True': return None
+    store = dist.TCPStore(os.environ['MASTER_ADDR'], int(os.environ['MASTER_PORT']), world_size, is_master=False,
+                          timeout=datetime.timedelta(minutes=30))
+    return dist.PrefixStore(f'restart{restarts}/', store)
 
 
 def _leave_process_group():

@@ -66,9 +66,10 @@ def prior(tmp_path_factory):
 
 
 def snapshot(folder):
-    """Every file under `folder`: its bytes (hashed) and modification time."""
+    """Every file under `folder`: its bytes (hashed) and modification time; not the claims runs hold on their names
+    while they live (`files.claim_run`: '.<run>.lock', left empty of meaning when the run ends)."""
     return {str(p.relative_to(folder)): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
-            for p in sorted(folder.rglob('*')) if p.is_file()}
+            for p in sorted(folder.rglob('*')) if p.is_file() and not (p.name.startswith('.') and p.suffix == '.lock')}
 
 
 def assert_one_clear_line(res, *fragments):
@@ -108,7 +109,7 @@ CASES = {
     'checkpoint missing': (PRETRAIN, ['--resume', '/no/such/checkpoint.pth'],
                            ["checkpoint '/no/such/checkpoint.pth' does not exist"]),
     'checkpoint truncated': (PRETRAIN, ['--resume', '{bad}/truncated.pth'],
-                             ['cannot be read (truncated or not a torch file', 'use another checkpoint']),
+                             ["truncated.pth' is damaged (truncated or broken", 'use another checkpoint']),
     'checkpoint a text file': (PRETRAIN, ['--resume', '{bad}/notes.txt'], ['cannot be read (truncated or not a torch']),
     # pretraining: outputs and the hub
     'checkpoint dir unwritable': (PRETRAIN, ['--checkpoint_dir', '/dev/null/checkpoints'],
@@ -137,7 +138,8 @@ CASES = {
                            ["RTE/train.tsv: no column 'sentence1', 'sentence2', 'label' (columns: id premise "
                             'hypothesis gold)', "give a --glue_dir holding these tasks' files"]),
     # finetuning: the pretrained model
-    'model truncated': (FINETUNE, ['--model', '{bad}/truncated.pth'], ['cannot be read (truncated or not a torch']),
+    'model truncated': (FINETUNE, ['--model', '{bad}/truncated.pth'], ["truncated.pth' is damaged (truncated or "
+                                                                       'broken']),
     'model of random tensors': (FINETUNE, ['--model', '{bad}/random_tensors.pth'],
                                 ['is not a checkpoint of this project']),
     # finetuning: outputs, the hub, resuming
@@ -195,3 +197,20 @@ def test_an_output_folder_without_write_permission_is_one_clear_line(prior, tmp_
         assert snapshot(prior.root) == before
     finally:
         locked.chmod(0o755)
+
+
+def test_a_process_that_lost_another_of_its_run_says_so_in_one_line():
+    # what gloo raises in the survivors when a process of the run dies (its connection to it reset)
+    code = ('from _utils.config import Config; import dataclasses\n'
+            '@dataclasses.dataclass\nclass C(Config): pass\nC.from_cli([])\n'
+            'raise RuntimeError("[gloo/transport/tcp/pair.cc:545] Read error [127.0.0.1]:6840: Connection reset by '
+            'peer. This is typically caused by a remote worker hanging")')
+    res = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True,
+                         env={**os.environ, 'WORLD_SIZE': '2', 'RANK': '1'})
+    assert res.returncode == 3 and 'Traceback' not in res.stderr
+    assert res.stderr.strip() == ('error: rank 1: another process of this run has stopped (connection reset by peer), '
+                                  'so this one stops too; continue the run from its newest checkpoint with --resume '
+                                  'latest (under torchrun --max-restarts N it does so by itself)')
+    alone = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True,
+                           env={k: v for k, v in os.environ.items() if k not in ('WORLD_SIZE', 'RANK')})
+    assert alone.returncode == 1 and 'Traceback' in alone.stderr    # one process: a real error, shown in full

@@ -1,5 +1,6 @@
 """Pretraining checkpoints: one self-contained file that round-trips, refuses foreign files, and exports to HF."""
 import copy
+import errno
 import random
 from pathlib import Path
 
@@ -140,10 +141,12 @@ def test_failed_save_leaves_the_previous_file_intact_and_no_temp_files(tmp_path,
     def dies_midway(obj, f, *args, **kwargs):
         real_save(obj, f, *args, **kwargs)
         f.flush(); f.truncate(10)                                 # partial bytes on disk, then the failure
-        raise OSError('No space left on device')
+        raise OSError(errno.ENOSPC, 'No space left on device')
     monkeypatch.setattr(torch, 'save', dies_midway)
-    with pytest.raises(OSError, match='No space'):
+    with pytest.raises(UserError, match='no space left on the disk to write .*ckpt.pth .*the earlier file there is '
+                       'intact') as error:
         atomic_save({'version': 2}, path)
+    assert '\n' not in str(error.value)
     monkeypatch.undo()
     assert torch.load(path, weights_only=False) == {'version': 1}
     assert [p.name for p in tmp_path.iterdir()] == ['ckpt.pth']

@@ -2,9 +2,11 @@
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -94,4 +96,68 @@ def test_the_readme_accelerate_command_runs_pretrain_py_in_two_processes(tmp_pat
     assert res.stdout.count('Examples: cached in') == 1
     built = sorted(p.name.split('-')[0] for p in (tmp_path / 'cache').iterdir() if p.name != '.build.lock')
     assert built == ['bundled', 'tokenizers']  # one examples folder, and the demo's vocabulary, trained once
-    assert sorted(p.name for p in (tmp_path / 'ck').iterdir()) == ['demo_seed0_100pct.pth', 'demo_seed0_50pct.pth']
+    assert sorted(p.name for p in (tmp_path / 'ck').glob('*.pth')) == ['demo_seed0_100pct.pth', 'demo_seed0_50pct.pth']
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A process killed mid-run
+# ---------------------------------------------------------------------------------------------------------------
+RESTARTABLE = ['--size', 'tiny', '--compile', 'none', '--batch_size', '4', '--max_length', '32', '--precision', 'fp32',
+               '--device', 'cpu', '--logger', 'csv', '--log_every', '1', '--warmup_steps', '2', '--lr', '1e-3',
+               '--max_steps', '30', '--save_every', '10', '--keep_last', '1', '--checkpoint_fractions', '1',
+               '--run_name', 'ddp']
+
+
+def torchrun_pretrain(out, kill_rank1_after=None):
+    """pretrain.py in 2 processes under `torchrun --standalone --max-restarts 1` (the README's command). With
+    `kill_rank1_after`: rank 1 is SIGKILLed once the rolling checkpoint of that step is on disk. -> (stdout, stderr,
+    seconds from the kill until torchrun had started the processes again)."""
+    env = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONFAULTHANDLER': '1'}
+    proc = subprocess.Popen([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
+                             '--max-restarts', '1', 'pretrain.py', *RESTARTABLE, '--checkpoint_dir', str(out / 'ckpt'),
+                             '--log_dir', str(out / 'logs')], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    workers = lambda: [p for p in Path('/proc').iterdir() if p.name.isdigit() and _is_worker_of(p, out)]
+    killed_at, restarted_after = None, None
+    if kill_rank1_after:
+        saved = out / 'ckpt' / f'ddp_seed0_step{kill_rank1_after}.pth'
+        deadline = time.time() + 300
+        while not saved.exists() and time.time() < deadline and proc.poll() is None: time.sleep(0.1)
+        rank1 = [p for p in workers() if b'RANK=1\0' in _environ(p)]
+        assert saved.exists() and len(rank1) == 1, 'rank 1 was not found running after the checkpoint'
+        os.kill(int(rank1[0].name), signal.SIGKILL)
+        killed_at = time.time()
+        while time.time() < deadline and proc.poll() is None and not any(
+                b'TORCHELASTIC_RESTART_COUNT=1\0' in _environ(p) for p in workers()):
+            time.sleep(0.1)
+        restarted_after = time.time() - killed_at
+    stdout, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 0, stderr[-3000:]
+    return stdout, stderr, restarted_after
+
+
+def _environ(proc_dir):
+    try: return (proc_dir / 'environ').read_bytes()
+    except OSError: return b''
+
+
+def _is_worker_of(proc_dir, out):
+    try: return b'pretrain.py' in (cmd := (proc_dir / 'cmdline').read_bytes()) and str(out).encode() in cmd
+    except OSError: return False
+
+
+@pytest.mark.skipif(not Path('/proc').is_dir(), reason='finds the rank to kill in /proc')
+def test_a_rank_killed_mid_run_is_restarted_by_torchrun_and_the_run_ends_with_the_uninterrupted_weights(tmp_path):
+    torchrun_pretrain(tmp_path / 'whole')
+    stdout, stderr, restarted_after = torchrun_pretrain(tmp_path / 'killed', kill_rank1_after=20)
+    # the survivor stopped and both were started again within seconds, not after a collective's 30-minute timeout
+    assert restarted_after < 60
+    saved = tmp_path / 'killed' / 'ckpt' / 'ddp_seed0_step20.pth'
+    assert f'Restart 1 by torchrun: the run continues from {saved}' in stdout
+    assert 'Training 30 steps of 4 x 32 tokens on cpu (fp32), 2 processes, from step 20' in stdout
+    whole, killed = (torch.load(out / 'ckpt' / 'ddp_seed0_100pct.pth', weights_only=True)
+                     for out in (tmp_path / 'whole', tmp_path / 'killed'))
+    assert killed['step'] == whole['step'] == 30
+    for part in ('generator', 'discriminator'):
+        assert whole[part].keys() == killed[part].keys()
+        assert all(torch.equal(whole[part][k], killed[part][k]) for k in whole[part]), part

@@ -67,7 +67,7 @@ def test_a_short_run_with_overrides_writes_checkpoints_and_logs(tmp_path):
     for departure in ("position               'rope'   <- the paper: 'absolute'", 'mask_prob              0.25   <- the '
                       'paper: 0.15', 'dropout                0.0   <- the paper: 0.1'):
         assert departure in res.stdout
-    assert sorted(p.name for p in (tmp_path / 'ckpt').iterdir()) == ['ci_seed0_100pct.pth', 'ci_seed0_50pct.pth']
+    assert sorted(p.name for p in (tmp_path / 'ckpt').glob('*.pth')) == ['ci_seed0_100pct.pth', 'ci_seed0_50pct.pth']
     rows = list(csv.DictReader((tmp_path / 'logs' / 'ci_seed0' / 'metrics.csv').open()))
     assert [int(r['step']) for r in rows] == [1, 2, 4]
     assert {'mlm_loss', 'disc_loss', 'gen_acc', 'disc_acc', 'disc_precision', 'disc_recall', 'disc_auc',
