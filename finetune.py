@@ -26,7 +26,7 @@ import datasets
 from _utils.config import POSITIVE, Config, option, within
 from _utils.electra import SIZES, count_parameters
 from _utils.errors import ensure_writable
-from _utils.files import project_path, say
+from _utils.files import claim_run, project_path, remove_stale_temps, say
 from _utils.finetuning import (by_size, group_name_for, missing_files_report, parse_rates, predict_test,
                                recipes_for, run_seeds)
 from _utils.glue_data import glue_source, load_tasks, load_test_only, parse_tasks
@@ -176,9 +176,11 @@ say(f'Model: {pretrained.source}\n  hidden {config.hidden_size}, {config.num_hid
 # summaries in `<log_dir>/<group>/`, each task's best run so far in `<checkpoint_dir>/<group>/<task>.pth`, the test
 # submission in `<output_dir>/<group>/`. The folders are checked now, not after hours of training. With `--resume`,
 # the runs that `runs.csv` shows finished (their last epoch is there) are not redone; they must have been made with
-# the same model, data and recipe (`settings.json`), else the command is refused. A learning-rate search (`--lrs`,
-# the `tupe` preset) gives each rate a sub-folder of its own (`lr-3e-05/`, with the same files) and writes the
-# search's table (`search.csv`, `search.md`) in the group's folder.
+# the same model, data and recipe (`settings.json`), else the command is refused; a run stopped midway starts again,
+# and a best run whose weights were not saved is trained again, so that a killed and resumed set ends as an
+# uninterrupted one. What a killed run left half-written (`.<file>.tmp<pid>`) is removed. A learning-rate search
+# (`--lrs`, the `tupe` preset) gives each rate a sub-folder of its own (`lr-3e-05/`, with the same files) and writes
+# the search's table (`search.csv`, `search.md`) in the group's folder.
 
 source = glue_source(cfg.glue_dir)
 group = group_name_for(pretrained, cfg.group_name)
@@ -186,6 +188,9 @@ log_dir = ensure_writable(project_path(cfg.log_dir) / group, '--log_dir')
 model_dir = project_path(cfg.checkpoint_dir) / group
 if cfg.save_models: ensure_writable(model_dir, '--checkpoint_dir')
 output_dir = ensure_writable(project_path(cfg.output_dir) / group, '--output_dir')
+claim = claim_run(project_path(cfg.log_dir), group, 'wait for it to end (or stop it), or give this set another '
+                  '--group_name', kind='set')  # one process per set: another would write the same files
+remove_stale_temps(log_dir, model_dir, output_dir)  # files a killed run left half-written: never read, removed
 # one plan per learning rate (one rate without --lrs): its folders, settings and, with --resume, its finished runs
 plans = plan_rates(recipes, log_dir, model_dir, pretrained, source, cfg.dev_fraction, cfg.resume)
 
@@ -256,5 +261,6 @@ say(f"Wrote {len(submission.files)} of 11 files and {submission.zip_path}")
 if submission.missing:
     say('Missing for a complete GLUE server upload:\n' + missing_files_report(submission, results, skipped))
 print(f'Done in {(time.perf_counter() - started) / 60:.1f} min')
+claim.release()  # the set's folders are free for another process
 stop_if_failed(failed)  # the exit status says so, with how to train only the missing runs
 

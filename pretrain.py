@@ -139,8 +139,8 @@ class MyConfig(Training):
     data_cache: str = option('datasets/cache', 'where tokenized, packed examples are cached (relative: from the '
                              'project folder)')
     resume: str = option('', "continue a run exactly: 'latest' (newest checkpoint in checkpoint_dir, of --run_name "
-                         "if given) or a checkpoint path; the run's own settings are used, command-line fields win. Under "
-                         'torchrun --max-restarts, a restarted run continues from its newest checkpoint by itself')
+                         "if given) or a checkpoint path; the run's own settings are used, command-line fields win. "
+                         'Under torchrun --max-restarts, a restarted run continues from its newest checkpoint')
     save_every: int = option(1000, 'also save a rolling checkpoint every N steps (0: never); the newest keep_last stay')
     keep_last: int = option(2, 'how many rolling checkpoints to keep')
     skip_nonfinite: bool = option(False, 'skip steps whose loss is nan/inf instead of stopping the run')

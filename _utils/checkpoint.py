@@ -251,7 +251,8 @@ def restart_point(directory, run_name, seed):
         path = newest_checkpoint(directory, f'{run_name}_seed{seed}_*.pth', notify=lambda line: None)
     except UserError:
         return ''
-    if int(os.environ.get('RANK', 0)) == 0: say(f'Restart {restarts} by torchrun: the run continues from {path}')
+    if int(os.environ.get('RANK', 0)) == 0:
+        say(f'Restart {restarts} by torchrun: the run continues from {path}')
     return str(path)
 
 

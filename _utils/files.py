@@ -7,6 +7,7 @@ damaged or foreign file is one clear line. A run holds `claim_run` on its folder
 """
 import errno
 import os
+import re
 import time
 import zipfile
 from pathlib import Path
@@ -65,8 +66,28 @@ def _write_failed(path, e):
 
 
 def _free(folder):
-    try: return f'{os.statvfs(folder).f_bavail * os.statvfs(folder).f_frsize / 2**20:,.0f} MB'
+    try: stat = os.statvfs(folder)
     except OSError: return 'unknown'
+    return f'{stat.f_bavail * stat.f_frsize / 2**20:,.0f} MB'
+
+
+STALE_TEMP = re.compile(r'\..+\.tmp(\d+)')  # atomic_write's temporary file: .<name>.tmp<pid>
+
+
+def remove_stale_temps(*folders):
+    """Delete the temporary files that a killed process left in `folders` (and below) while writing a file: a best
+    model, a summary, a submission file. Those of a process still alive (one writing now) are left alone."""
+    for path in [p for folder in folders if Path(folder).is_dir() for p in Path(folder).rglob('.*.tmp*')]:
+        match = STALE_TEMP.fullmatch(path.name)
+        if match and path.is_file() and not _alive(int(match[1])): path.unlink(missing_ok=True)
+
+
+def _alive(pid):
+    if os.name != 'posix': return True  # no signal 0 to ask with: keep the file
+    try: os.kill(pid, 0)
+    except ProcessLookupError: return False
+    except OSError: return True  # another user's process
+    return True
 
 
 def atomic_save(obj, path):
@@ -87,17 +108,17 @@ def atomic_write_text(path, text):
     return atomic_write(path, lambda tmp: tmp.write_text(text, encoding='utf-8'))
 
 
-def claim_run(folder, run, fix):
-    """Claim `run` in `folder` for this process: a second process claiming it while the first one lives is refused
-    in one line (who holds it, and the `fix`), since both would write the same files. The claim is a lock the
-    operating system drops when the process ends, however it ends (a kill too); `release()` drops it before.
-    Claiming again from the same process (a notebook cell run twice) is allowed."""
+def claim_run(folder, run, fix, kind='run'):
+    """Claim `run` (a `kind`: a run, a set of runs) in `folder` for this process: a second process claiming it while
+    the first one lives is refused in one line (who holds it, and the `fix`), since both would write the same files.
+    The claim is a lock the operating system drops when the process ends, however it ends (a kill too); `release()`
+    drops it before. Claiming again from the same process (a notebook cell run twice) is allowed."""
     lock = Path(folder) / f'.{run}.lock'
     if lock in _claims: return _claims[lock]
     try:
         import fcntl
     except ImportError:  # not a POSIX system: no claim
-        return None
+        return _Claim(lock, None)
     lock.parent.mkdir(parents=True, exist_ok=True)
     handle = open(lock, 'a+', encoding='utf-8')
     try:
@@ -106,7 +127,7 @@ def claim_run(folder, run, fix):
         handle.seek(0)
         holder = handle.read().strip() or 'another process'
         handle.close()
-        raise UserError(f"run '{run}' in {shown(folder)} is being written by {holder}; {fix}") from None
+        raise UserError(f"{kind} '{run}' in {shown(folder)} is being written by {holder}; {fix}") from None
     handle.truncate(0)
     handle.write(f"pid {os.getpid()}, started {time.strftime('%Y-%m-%d %H:%M')}\n")
     handle.flush()
@@ -121,7 +142,7 @@ class _Claim:
     def __init__(self, lock, handle): self.lock, self.handle = lock, handle
 
     def release(self):
-        if _claims.pop(self.lock, None) is not None: self.handle.close()
+        if _claims.pop(self.lock, None) is not None and self.handle: self.handle.close()
 
 
 def damage(path):

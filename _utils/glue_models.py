@@ -135,8 +135,9 @@ FINETUNED_FORMAT = 'electra-fastai-finetuned/1'
 def save_finetuned(run, pretrained, path):
     """A run's classifier weights (a RunResult with `state_dict`), with what rebuilds it (`load_finetuned`) and what
     recognises it when resuming (task, run, seed, dev scores). Plain values and tensors only: it loads with
-    torch.load(weights_only=True). Written to a temporary file, then renamed."""
-    dev = {k: v.item() if hasattr(v, 'item') else v for k, v in run.final.items()}  # numpy scalars -> plain
+    torch.load(weights_only=True). Written to a temporary file, then renamed. The epoch's wall time is left out:
+    a run trained again (--resume) saves the same bytes."""
+    dev = {k: v.item() if hasattr(v, 'item') else v for k, v in run.final.items() if k != 'seconds'}  # plain numbers
     return atomic_save(dict(format=FINETUNED_FORMAT, task=run.task, run=run.run, seed=run.seed, dev=dev,
                             electra_config=pretrained.electra.config.to_dict(),
                             tokenizer=pretrained.tokenizer.backend_tokenizer.to_str(),

@@ -4,6 +4,7 @@ import csv
 import dataclasses
 import json
 import math
+import numbers
 import os
 import time
 import traceback
@@ -14,7 +15,7 @@ from pathlib import Path
 import torch
 
 from .errors import UserError, first_line
-from .files import atomic_write_text, say, slug
+from .files import atomic_write, atomic_write_text, say, slug
 from .finetuning import RunResult, finetune_run
 from .glue import GLUE_AVERAGE_TASKS, TASKS, task_by_name
 from .glue_scores import glue_average
@@ -73,8 +74,12 @@ class RunsLog:
 
 
 def _cell(value):
+    """A runs.csv cell. Numbers in full (repr: the shortest text that reads back as the same float), since --resume
+    summarizes the finished runs from this file: rounded, a resumed set's GLUE average differed from an
+    uninterrupted one's in the 4th decimal."""
     if value is None: return ''
-    return f'{value:.6g}' if isinstance(value, float) else value
+    if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral): return repr(float(value))
+    return value
 
 
 def _keep_aside(*paths):
@@ -137,8 +142,9 @@ def _check_settings(path, settings, notify):
 
 
 def read_runs(path):
-    """runs.csv -> RunResults, one per (task, run, seed), with the last row of each epoch (a run redone after an
-    interruption appends its epochs again). A row cut short by a crash is ignored."""
+    """runs.csv -> RunResults, one per (task, run, seed). A run redone after an interruption appends its epochs
+    again, from epoch 1: each such attempt is kept apart, and the run's history is the attempt that got furthest
+    (the later one of equals), never epochs of two attempts mixed. A row cut short by a crash is ignored."""
     try:
         with open(path, newline='') as f:
             reader = csv.DictReader(f)
@@ -149,15 +155,21 @@ def read_runs(path):
     if missing:
         raise UserError(f"--resume: {path} has no column {', '.join(missing)} (another version wrote it); drop "
                         '--resume to start a new set of runs')
-    epochs_of = {}
+    attempts_of = {}  # (task, run, seed) -> [{epoch: row} per attempt], in file order
     for row in rows:
         try:
             key = (task_by_name(row['task']).name, int(row['run']), int(row['seed']))
             epoch = _history_row(row)
         except (TypeError, ValueError, UserError):
             continue
-        epochs_of.setdefault(key, {})[epoch['epoch']] = epoch
-    return [RunResult(*key, [epochs[e] for e in sorted(epochs)]) for key, epochs in epochs_of.items()]
+        attempts = attempts_of.setdefault(key, [{}])
+        if attempts[-1] and epoch['epoch'] <= max(attempts[-1]): attempts.append({})  # the run started again
+        attempts[-1][epoch['epoch']] = epoch
+    runs = []
+    for key, attempts in attempts_of.items():
+        epochs = max(reversed(attempts), key=max)  # the furthest; of equals, the latest
+        runs.append(RunResult(*key, [epochs[e] for e in sorted(epochs)]))
+    return runs
 
 
 def _history_row(row):
@@ -199,12 +211,14 @@ class EpochLine:
 def finetune_task(data, pretrained, recipe, seeds, runs_log=None, precision='fp32', device=torch.device('cpu'),
                   log_root=None, loggers=('csv', 'tensorboard'), log_every=50, config=None, verbose=True,
                   finished=None, best=None, on_best=None, notify=say):
-    """One run per seed; every epoch's dev metrics go to `runs_log` as they arrive. Keeps the best run's weights.
+    """One run per seed; every epoch's dev metrics go to `runs_log` as they arrive. Keeps the best run's weights:
+    the best dev score, the earlier run of equals (`_rank`).
 
     `finished` {(run, seed): RunResult}: runs an earlier invocation finished (--resume): counted, not redone.
     `best`: the best of them with its weights (`saved_best`), for the new runs to beat. `on_best(run)` is called
-    whenever a run becomes the best so far (the script saves it at once). A run that fails is reported in one
-    line and the other runs go on.
+    whenever a run becomes the best so far (the script saves it at once). When the best run of all has no weights
+    (a kill while they were saved, --save_models false), it is trained again with its seed: the test predictions
+    are then those of an uninterrupted set. A run that fails is reported in one line and the other runs go on.
     """
     task, finished = data.task, finished or {}
     if best is not None and (best.run, best.seed) not in set(enumerate(seeds)):
@@ -213,16 +227,14 @@ def finetune_task(data, pretrained, recipe, seeds, runs_log=None, precision='fp3
     if done:
         notify(f"{task.name}: run {', '.join(str(run + 1) for run in done)} of {len(seeds)} already finished "
                '(in runs.csv): skipped')
-    runs, failed = [], []
-    for run, seed in enumerate(seeds):
-        if (run, seed) in finished:
-            runs.append(finished[(run, seed)])
-            continue
+    runs, failed = {}, []  # runs {run: RunResult without weights}
 
+    def train(run, seed):
+        """The run's RunResult with its weights (its epochs in runs_log); None if it failed."""
         line = EpochLine(f'{task.name} run {run + 1}/{len(seeds)} (seed {seed}), {task.main_metric} by epoch:',
                          task.main_metric, verbose)
 
-        def on_epoch(row, run=run, seed=seed, line=line):
+        def on_epoch(row):
             if runs_log is not None: runs_log.append(task, run, seed, row)
             line.add(row)
         log_dir = Path(log_root) / f'{slug(task.name)}_run{run}_seed{seed}' if log_root else None
@@ -233,21 +245,40 @@ def finetune_task(data, pretrained, recipe, seeds, runs_log=None, precision='fp3
             line.end()
             failed.append(_run_failed(task, run, seed, len(seeds), e, log_dir))
             notify(failed[-1] + '; the other runs go on')
-            continue
+            return None
         line.end()
-        runs.append(RunResult(result.task, run, seed, result.history))
-        if best is None or result.score > best.score:
-            best = result
-            if on_best is not None:
-                try: on_best(best)
-                except OSError as e:
-                    notify(f'{task.name}: cannot save its best run so far ({e}); the test predictions still use it, '
-                           'a later --resume cannot')
-    top = max(runs, key=lambda r: r.score, default=None)
-    if top is not None and (best is None or top.score > best.score):  # e.g. resumed after --save_models false
-        instead = f'run {best.run + 1} (seed {best.seed}) predicts the test set' if best else 'no test predictions'
-        notify(f'{task.name}: the best dev run (run {top.run + 1}, seed {top.seed}) has no saved weights; {instead}')
-    return TaskResult(task.name, runs, best, failed)
+        runs[run] = RunResult(result.task, run, seed, result.history)
+        return result
+
+    def keep(result):
+        nonlocal best
+        best = result
+        if on_best is None: return
+        try: on_best(best)
+        except (OSError, UserError) as e:  # a full disk, say: the run is kept in memory, training goes on
+            notify(f'{task.name}: cannot save its best run so far ({e}); the test predictions still use it, a later '
+                   '--resume trains it again')
+
+    for run, seed in enumerate(seeds):
+        if (run, seed) in finished:
+            runs[run] = finished[(run, seed)]
+            continue
+        result = train(run, seed)
+        if result is not None and (best is None or _rank(result) > _rank(best)): keep(result)
+    top = max(runs.values(), key=_rank, default=None)
+    if top is not None and (best is None or (top.run, top.seed) != (best.run, best.seed)):
+        notify(f'{task.name}: the best dev run (run {top.run + 1}, seed {top.seed}) has no saved weights (stopped '
+               'while saving them, or --save_models false): trained again for the test predictions')
+        result = train(top.run, top.seed)
+        if result is not None: keep(result)
+    return TaskResult(task.name, [runs[run] for run in sorted(runs)], best, failed)
+
+
+def _rank(run):
+    """Which run is best: the higher dev score, then the earlier run, as an uninterrupted set finds it (a nan score
+    ranks last), so that runs finished in another order (--resume) pick the same one."""
+    score = run.score if run.score == run.score else -math.inf
+    return score, -run.run
 
 
 def _run_failed(task, run, seed, n_runs, error, log_dir):
@@ -344,11 +375,10 @@ def save_summary(table, out_dir, title='', name='summary', formatted=None):
     """<name>.csv (full precision) and <name>.md (2 decimals) in `out_dir`; returns their paths. `formatted`: the
     table as shown (default: `summarize`'s columns with 2 decimals)."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out_dir / f'{name}.csv', float_format='%.4f')
+    atomic_write(out_dir / f'{name}.csv', lambda tmp: table.to_csv(tmp, float_format='%.4f'))
     shown = (formatted if formatted is not None else _formatted(table)).reset_index()
     lines = [f'# {title}', ''] if title else []
     lines += ['| ' + ' | '.join(shown.columns) + ' |', '|' + '---|' * len(shown.columns)]
     lines += ['| ' + ' | '.join(str(v) for v in row) + ' |' for row in shown.itertuples(index=False)]
-    (out_dir / f'{name}.md').write_text('\n'.join(lines) + '\n')
+    atomic_write_text(out_dir / f'{name}.md', '\n'.join(lines) + '\n')
     return out_dir / f'{name}.csv', out_dir / f'{name}.md'

@@ -159,16 +159,18 @@ CASES = {
 
 @pytest.fixture(scope='module')
 def bad_runs(prior, tmp_path_factory):
-    """Every command of CASES, two at a time (each is mostly Python imports, on one core), between two snapshots of
-    what the earlier runs wrote: ({case: finished process}, snapshot before, snapshot after)."""
+    """Every command of CASES, a pretraining and a finetuning one at a time (each is mostly Python imports, on one
+    core; two commands of one script would be the same run, and the second refused as such), between two snapshots
+    of what the earlier runs wrote: ({case: finished process}, snapshot before, snapshot after)."""
     home = tmp_path_factory.mktemp('hf_home')
 
-    def bad_run(case):
-        script, args, _, *env = CASES[case]
-        return run(script + args, prior, *env, home=home)
+    def bad_runs_of(script):
+        return {case: run(script + args, prior, *env, home=home)
+                for case, (of, args, _, *env) in CASES.items() if of is script}
     before = snapshot(prior.root)
     with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
-        finished = dict(zip(CASES, pool.map(bad_run, CASES)))
+        finished = {case: res for runs in pool.map(bad_runs_of, (PRETRAIN, FINETUNE)) for case, res in runs.items()}
+    assert finished.keys() == CASES.keys()
     return finished, before, snapshot(prior.root)
 
 

@@ -227,6 +227,29 @@ def test_pretrain_py_refuses_a_second_run_on_a_live_run_in_one_line(tmp_path):
     assert 'give this run another --run_name or --seed' in second.stderr
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(sys.platform == 'win32', reason='claims are POSIX file locks')
+def test_finetune_py_refuses_a_second_process_on_a_live_set_in_one_line(tmp_path):
+    logs = tmp_path / 'logs'
+    holder = subprocess.Popen([sys.executable, '-c', HOLD.replace('"run_seed0"', '"g"'), str(logs)], cwd=ROOT,
+                              stdout=subprocess.PIPE, text=True)   # stands for a finetune.py of the set 'g' at work
+    try:
+        assert holder.stdout.readline().strip() == 'held'
+        res = subprocess.run([sys.executable, 'finetune.py', '--model', 'random', '--size', 'tiny', '--tasks', 'rte',
+                              '--group_name', 'g', '--log_dir', str(logs), '--checkpoint_dir', str(tmp_path / 'ck'),
+                              '--output_dir', str(tmp_path / 'out')], cwd=ROOT, capture_output=True, text=True,
+                             timeout=300, env={**os.environ, 'OMP_NUM_THREADS': '1'})
+    finally:
+        holder.kill()
+        holder.wait()
+    assert res.returncode == 2 and 'Traceback' not in res.stderr
+    errors = [line for line in res.stderr.splitlines() if line.startswith('error: ')]
+    assert errors == [f"error: set 'g' in {logs} is being written by pid {holder.pid}, started "
+                      f"{errors[0].split('started ')[1][:16]}; wait for it to end (or stop it), or give this set "
+                      'another --group_name']
+    assert not (logs / 'g' / 'runs.csv').exists()                       # refused before it wrote anything
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # A process torchrun restarted continues from the run's checkpoint
 # ---------------------------------------------------------------------------------------------------------------
