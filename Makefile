@@ -4,6 +4,8 @@
 #                     they match)
 #   make notebooks    run the notebooks at demo scale, keep their outputs (minus execution counts and other
 #                     metadata that change on every run), then regenerate the scripts
+#   make lock         requirements.lock: every package, pinned, of a fresh environment made from requirements.txt
+#                     (`pip install -r requirements.lock` gives a user the environment the tests ran in)
 OUT ?= .
 SCRIPT = jupyter nbconvert --to python --log-level WARN --output-dir $(OUT) \
 	--TagRemovePreprocessor.enabled=True --TagRemovePreprocessor.remove_cell_tags notebook-only \
@@ -13,7 +15,9 @@ SCRIPT = jupyter nbconvert --to python --log-level WARN --output-dir $(OUT) \
 script = $(SCRIPT) --output $(1) $(2) && \
 	sed -i '2s/.*/\# Generated from $(2) by `make scripts`: edit the notebook, not this file./' $(OUT)/$(1).py
 
-.PHONY: scripts notebooks
+LOCK_ENV ?= /tmp/electra-lock-env
+
+.PHONY: scripts notebooks lock
 scripts:
 	$(call script,pretrain,Pretrain.ipynb)
 	$(call script,finetune,Finetune_GLUE.ipynb)
@@ -24,3 +28,12 @@ notebooks:
 		--ExecutePreprocessor.timeout=3600 Pretrain.ipynb Finetune_GLUE.ipynb Detect_and_Correct.ipynb
 	nbstripout --keep-output Pretrain.ipynb Finetune_GLUE.ipynb Detect_and_Correct.ipynb
 	$(MAKE) --no-print-directory scripts
+
+lock:
+	rm -rf $(LOCK_ENV) && python -m venv $(LOCK_ENV)
+	$(LOCK_ENV)/bin/python -m pip install -q -r requirements.txt
+	{ echo '# Every package of an environment made by `pip install -r requirements.txt` (`make lock`, $(shell date +%F),'; \
+	  echo '# Python $(shell python -c "import platform; print(platform.python_version())")): the versions the tests ran with.'; \
+	  echo '# pip install -r requirements.lock'; \
+	  $(LOCK_ENV)/bin/python -m pip freeze --exclude-editable; } > requirements.lock
+	rm -rf $(LOCK_ENV)
