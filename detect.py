@@ -18,10 +18,16 @@
 #   word is replaced when any of its pieces is (the generator replaces pieces, not words);
 # - a **long text** is read in chunks of whole words, each at most as long as the examples the model was pretrained on
 #   (64 tokens for the demo; positions beyond that never got a gradient; a Hugging Face folder: its positions);
-# - a word above `--threshold` is **flagged**; with `--correct` its pieces become one `[MASK]` and the generator's
-#   most probable whole words are proposed (no `##` continuation, special token, or the word itself);
-#   `--rescore` puts each proposal in the word's place and ranks them by the discriminator's P(replaced) there,
-#   lowest first.
+# - a word above `--threshold` is **flagged**; with `--correct` its pieces become 1, 2 (and, for a word of three
+#   pieces or more, 3) `[MASK]`s, which the generator fills left to right, a word start then `##` continuations, so
+#   a word of several pieces can be proposed; a proposal's probability is the product of its pieces' (no length
+#   normalisation: the number of `[MASK]`s tells the generator the length, so each length's candidates share out a
+#   probability of their own). The word itself is scored the same way: if the generator ranks it in its first
+#   `--keep_top` (5) it is **kept** as written (pycorrector's rule), else the best proposal replaces it in the
+#   **corrected** text;
+# - `--rescore` puts the generator's best proposals in the word's place and ranks them by
+#   log p_generator + log(1 - P(replaced) there): the generator's reading of the gap and the discriminator's of the
+#   whole text with the word in it, taken together.
 
 import warnings
 from dataclasses import dataclass
@@ -29,7 +35,7 @@ from dataclasses import dataclass
 warnings.filterwarnings('ignore', message='.*torch.jit.script.*is deprecated')  # raised inside a dependency
 
 from _utils.config import Config, option
-from _utils.detection import THRESHOLD, detect, format_text, load_detector, read_texts, to_json
+from _utils.detection import KEEP_TOP, THRESHOLD, detect, format_text, load_detector, read_texts, to_json
 from _utils.files import say
 from _utils.learner import pick_device
 
@@ -54,10 +60,13 @@ class MyConfig(Config):
     text: str = option('the chef ate the meal', 'the text to read; several separated by |')
     file: str = option('', 'a text file to read instead, one text a line (- for standard input)')
     threshold: float = option(THRESHOLD, 'flag a word when its P(replaced) is above this')
-    correct: bool = option(False, "propose corrections for the flagged words (the generator's most probable words)")
+    correct: bool = option(False, "correct the flagged words: the generator's most probable words of 1 to 3 pieces, "
+                           'and the corrected text')
     top_k: int = option(5, 'proposals per flagged word')
-    rescore: bool = option(False, "rank the proposals by the discriminator's P(replaced) in the word's place, lowest "
-                           'first (implies --correct)')
+    keep_top: int = option(KEEP_TOP, 'keep a flagged word as written when the generator ranks it in its first K (0: '
+                           'never)')
+    rescore: bool = option(False, "rank the proposals by log p_generator + log(1 - the discriminator's P(replaced) "
+                           "in the word's place), highest first (implies --correct)")
     format: str = option('text', "'text' (flagged words marked ⟦word⟧(P(replaced))) or 'jsonl' (a JSON object per "
                          'text)', choices=['text', 'jsonl'])
     device: str = option('auto', 'auto, cpu, cuda or cuda:N')
@@ -66,6 +75,7 @@ class MyConfig(Config):
         super().validate()
         self.check(0 <= self.threshold <= 1, f'--threshold must be in [0, 1], got {self.threshold}')
         self.check(self.top_k >= 1, f'--top_k must be at least 1, got {self.top_k}')
+        self.check(self.keep_top >= 0, f'--keep_top must be 0 or more, got {self.keep_top}')
         if self.rescore: self.correct = True
 
 
@@ -85,11 +95,14 @@ if cfg.format == 'text':
 
 
 # ## 3. Detect, and correct
-# Each text, its flagged words marked `⟦word⟧(P(replaced))`, then a line per flagged word with the generator's
-# proposals and their probabilities (with `--rescore`, then the discriminator's P(replaced) after a slash).
+# Each text, its flagged words marked `⟦word⟧(P(replaced))`; with `--correct`, a line per flagged word: the
+# generator's rank and probability of the word itself (`kept` if it is in the first `--keep_top`), then its proposals
+# and their probabilities (with `--rescore`, the discriminator's P(replaced) in place after a slash), and the corrected
+# text. `--format jsonl` holds the same: `generator_probability`, `generator_rank`, `kept` and `proposals` for each
+# flagged word, and `corrected`.
 
 detections = []
 for text in texts:
-    detections.append(detect(detector, text, cfg.threshold, cfg.correct, cfg.top_k, cfg.rescore))
+    detections.append(detect(detector, text, cfg.threshold, cfg.correct, cfg.top_k, cfg.rescore, cfg.keep_top))
     print(format_text(detections[-1]) if cfg.format == 'text' else to_json(detections[-1]))
 

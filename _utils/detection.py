@@ -6,13 +6,18 @@ text, how likely it is to be a replacement, and the generator proposes what a fl
          -> discriminator: P(replaced) = sigmoid(logit) per piece -> per word: the max over its pieces
             (a word is replaced when any of its pieces is: the generator replaces pieces, not words)
          -> words above the threshold are flagged
-    a flagged word -> its pieces become one [MASK] -> the generator's softmax there -> its k most probable whole
-            words (no '##' continuation, special token or the word itself); `rescore`: each one put in the word's
-            place and ranked by the discriminator's P(replaced) there, lowest first
+    a flagged word -> its pieces become n [MASK]s, n = 1 .. max(2, its pieces) (at most 3), each n filled left to
+            right by the generator with a small beam: candidates of n pieces (a word start, then '##' continuations),
+            scored by the sum of their pieces' log-probabilities (`generator_candidates`)
+         -> the word itself scored the same way: kept as written when the generator ranks it in its first
+            `keep_top` (pycorrector's rule), else replaced by its best proposal in `Detection.corrected`
+         -> `rescore`: the best candidates put in the word's place and ranked by
+            log p_generator + log(1 - P(replaced) there)
 
 The models come from this project's checkpoint, a Hugging Face folder or the hub (`load_detector`).
 """
 import json
+import math
 import os
 import random
 import sys
@@ -29,6 +34,10 @@ from .objectives import OBJECTIVES, objective_named
 from .sources import hf_model, hf_tokenizer, resolve_model
 
 THRESHOLD = 0.5  # flag a word when P(replaced) is above this
+KEEP_TOP = 5     # keep a flagged word the generator ranks in its first 5 (pycorrector's rule: its fill-mask's top 5)
+MAX_MASKS = 3    # a flagged word is re-masked as 1 .. max(2, its pieces) [MASK]s, at most this many
+BEAM = 10        # candidates kept per filled [MASK], per number of [MASK]s (at least top_k * RESCORE_POOL)
+RESCORE_POOL = 2  # --rescore reorders the generator's best top_k * RESCORE_POOL candidates
 MODEL_ALTERNATIVES = ("--model latest (newest checkpoint of pretrain.py), a .pth checkpoint, a folder written by "
                       "export_huggingface (discriminator/ and generator/ inside) or a discriminator's own folder")
 
@@ -39,8 +48,17 @@ MODEL_ALTERNATIVES = ("--model latest (newest checkpoint of pretrain.py), a .pth
 @dataclass
 class Proposal:
     word: str
-    probability: float                  # the generator's, at the re-masked word
+    probability: float                  # the generator's: the product of its pieces', filled in left to right
     replaced_probability: float = None  # the discriminator's with this word in place (only when rescored)
+    pieces: int = 1                     # its WordPiece pieces: the [MASK]s it filled
+
+
+def combined_score(proposal):
+    """--rescore's order, highest first: log p_generator(word) + log(1 - P(replaced) with the word in place). Two
+    readings of one question, is this word the original here: the generator's from the context around the gap, the
+    discriminator's from the whole text with the word filled in; multiplied as if independent."""
+    return (math.log(max(proposal.probability, 1e-300))
+            + math.log(max(1 - proposal.replaced_probability, 1e-6)))  # P(replaced) of 1.0 in float32 is finite here
 
 
 @dataclass
@@ -52,6 +70,9 @@ class Word:
     probability: float = None  # P(replaced): the max over its pieces
     flagged: bool = False
     proposals: list = field(default_factory=list)  # Proposals, for flagged words when corrections were asked
+    generator_probability: float = None  # the generator's for the word as written, scored as the proposals are
+    generator_rank: int = None  # its rank among the generator's candidates (1: the most probable), itself included
+    kept: bool = None           # ranked in the generator's first `keep_top`: left as written, not corrected
 
 
 @dataclass
@@ -59,9 +80,29 @@ class Detection:
     text: str
     words: list
     threshold: float = THRESHOLD
+    correct: bool = False  # corrections were asked for: flagged words carry proposals and `kept`
 
     @property
     def flagged(self): return [i for i, w in enumerate(self.words) if w.flagged]
+
+    @property
+    def corrected(self):
+        """The text with each flagged word that is not kept replaced by its first proposal, in the word's case
+        (`match_case`); everything else as written."""
+        out, at = [], 0
+        for w in self.words:
+            if w.flagged and not w.kept and w.proposals:
+                out += [self.text[at:w.start], match_case(w.proposals[0].word, w.text)]
+                at = w.end
+        return ''.join(out) + self.text[at:]
+
+
+def match_case(word, like):
+    """`word` in the case of `like`: all capitals (of two letters or more), a capital first letter, or as it is (an
+    uncased vocabulary proposes lower case)."""
+    if len(like) > 1 and like.isupper(): return word.upper()
+    if like[:1].isupper(): return word[:1].upper() + word[1:]
+    return word
 
 
 @dataclass
@@ -92,6 +133,27 @@ class Detector:
         reserved = lambda t: len(t) > 2 and t.startswith('[') and t.endswith(']')  # [unused0], [UNK], ...
         allowed = torch.zeros(size, dtype=torch.bool)
         allowed[:len(tokens)] = torch.tensor([not (t.startswith(prefix) or reserved(t)) for t in tokens])
+        allowed[tokenizer.all_special_ids] = False
+        return allowed
+
+    @cached_property
+    def wordlike(self):
+        """(V,) True for the pieces with a letter or digit: a word of letters or digits gets such a word proposed,
+        never punctuation (punctuation gets anything)."""
+        tokens = self.tokenizer.convert_ids_to_tokens(list(range(min(self.generator.config.vocab_size,
+                                                                     len(self.tokenizer)))))
+        allowed = torch.zeros(self.generator.config.vocab_size, dtype=torch.bool)
+        allowed[:len(tokens)] = torch.tensor([any(c.isalnum() for c in t) for t in tokens])
+        return allowed
+
+    @cached_property
+    def continuations(self):
+        """(V,) True for the '##' continuation pieces: what the second and later pieces of a proposal may be."""
+        tokenizer, size = self.tokenizer, self.generator.config.vocab_size
+        prefix = getattr(tokenizer.backend_tokenizer.model, 'continuing_subword_prefix', None) or '##'
+        tokens = tokenizer.convert_ids_to_tokens(list(range(min(size, len(tokenizer)))))
+        allowed = torch.zeros(size, dtype=torch.bool)
+        allowed[:len(tokens)] = torch.tensor([t.startswith(prefix) and len(t) > len(prefix) for t in tokens])
         allowed[tokenizer.all_special_ids] = False
         return allowed
 
@@ -252,10 +314,10 @@ def _padded(sequences, pad_id, device):
     return ids, attention_mask
 
 
-def detect(detector, text, threshold=THRESHOLD, correct=False, top_k=5, rescore=False):
+def detect(detector, text, threshold=THRESHOLD, correct=False, top_k=5, rescore=False, keep_top=KEEP_TOP):
     """Every word of `text` with its P(replaced), those above `threshold` flagged and, with `correct`, given the
-    generator's `top_k` proposals (`propose`). A text longer than the model's positions is read in chunks of whole
-    words, each on its own."""
+    generator's `top_k` proposals, its own rank and `kept` (`correct_word`); `Detection.corrected` is then the text
+    corrected. A text longer than the model's positions is read in chunks of whole words, each on its own."""
     if correct: require_generator(detector)
     words = words_of(detector.tokenizer, text)
     chunks = chunk_words(words, detector.max_pieces)
@@ -266,42 +328,144 @@ def detect(detector, text, threshold=THRESHOLD, correct=False, top_k=5, rescore=
             w.probability = max(probabilities[at:at + len(w.ids)])  # any piece replaced: the word is
             w.flagged = w.probability > threshold
             at += len(w.ids)
-    detection = Detection(text, words, threshold)
+    detection = Detection(text, words, threshold, correct)
     if correct:
-        for i in detection.flagged: words[i].proposals = propose(detector, detection, i, top_k, rescore)
+        for i in detection.flagged: correct_word(detector, detection, i, top_k, rescore, keep_top)
     return detection
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Corrections
 # ---------------------------------------------------------------------------------------------------------------
-@torch.no_grad()
+def correct_word(detector, detection, index, top_k=5, rescore=False, keep_top=KEEP_TOP):
+    """Word `index` of `detection` given its `top_k` proposals (`propose`), the generator's probability of the word as
+    written and its rank among the candidates, and `kept`: that rank is at most `keep_top` (0: never kept), the rule
+    of pycorrector's ELECTRA corrector, which leaves a word its generator ranks in its top 5. Returns every candidate
+    found, most probable first (those rescored with their `replaced_probability`)."""
+    word = detection.words[index]
+    found, own = generator_candidates(detector, detection, index, max(BEAM, top_k * RESCORE_POOL), keep_top)
+    word.generator_probability = math.exp(own)
+    word.generator_rank = 1 + sum(p.probability > word.generator_probability for p in found)
+    word.kept = word.generator_rank <= keep_top
+    word.proposals = _best(detector, detection, index, found, top_k, rescore)
+    return found
+
+
 def propose(detector, detection, index, top_k=5, rescore=False):
-    """The generator's `top_k` whole words for word `index` of `detection`, its pieces re-masked as one [MASK] in
-    its chunk, most probable first. `rescore`: each put in the word's place and ranked by the discriminator's
-    P(replaced) there instead, lowest first (ties keep the generator's order). A word with letters or digits gets
-    proposals with letters or digits (not punctuation)."""
+    """The generator's `top_k` whole words for word `index` of `detection`, most probable first
+    (`generator_candidates`). `rescore`: its `top_k * RESCORE_POOL` best put in the word's place and ranked by
+    `combined_score` instead, highest first."""
+    found, _ = generator_candidates(detector, detection, index, width=max(BEAM, top_k * RESCORE_POOL))
+    return _best(detector, detection, index, found, top_k, rescore)
+
+
+def _best(detector, detection, index, found, top_k, rescore):
+    if not rescore: return found[:top_k]
+    pool = found[:top_k * RESCORE_POOL]
+    rescore_in_place(detector, detection, index, pool)
+    return sorted(pool, key=combined_score, reverse=True)[:top_k]  # a stable sort: ties keep the generator's order
+
+
+@torch.no_grad()
+def generator_candidates(detector, detection, index, width=BEAM, one_piece=0):
+    """The generator's candidates for word `index` of `detection`, most probable first, and its log-probability of
+    the word as written.
+
+    The word's pieces become n [MASK]s in its chunk, for n = 1 .. max(2, its pieces) (at most MAX_MASKS), so a word
+    of two or three pieces can be proposed for a word of one and the other way round. Each n is filled left to
+    right, keeping the `width` best: the first piece a word start, the others '##' continuations, each piece chosen
+    seeing the ones before it. A candidate's probability is the product of its pieces' (the chain rule). There is no
+    length normalisation: n [MASK]s tell the generator the length, so the n-piece candidates share out a probability
+    of their own (the rest goes to gaps that are not one word) and compare as they are across n; a mean per piece
+    would favour long words, whose later pieces are near certain once the first is chosen. Only a word's own
+    tokenization counts (no second spelling of one word), nor the word itself, a special token, or punctuation for
+    a word of letters or digits. The word as written is scored the same way with its own number of pieces. One
+    [MASK] is one pass of the generator whatever the width: its best max(width, `one_piece`) are kept, so that the
+    word's rank is exact up to `one_piece` among the words of one piece (among longer ones: within the beam)."""
     require_generator(detector)
-    tokenizer, words = detector.tokenizer, detection.words
+    tokenizer, word = detector.tokenizer, detection.words[index]
+    original = tokenizer.decode(word.ids).strip()  # as the vocabulary spells it (lower case, BERT uncased)
+    first = detector.whole_words & detector.wordlike if any(c.isalnum() for c in original) else detector.whole_words
+    scores = {}  # pieces -> log-probability
+    for n in range(1, min(MAX_MASKS, max(2, len(word.ids))) + 1):
+        before, after = _context(detector, detection, index, n)
+        for pieces, log_p in _fill(detector, before, after, n, max(width, one_piece) if n == 1 else width, first):
+            scores[tuple(pieces)] = log_p
+    spellings = {pieces: tokenizer.decode(list(pieces)).strip() for pieces in scores}
+    own_ids = tokenizer(list(spellings.values()), add_special_tokens=False)['input_ids'] if spellings else []
+    found = [Proposal(spellings[pieces], math.exp(log_p), pieces=len(pieces))
+             for (pieces, log_p), ids in zip(scores.items(), own_ids)
+             if list(pieces) == ids and spellings[pieces] != original]
+    before, after = _context(detector, detection, index, len(word.ids))
+    return sorted(found, key=lambda p: -p.probability), _log_probability(detector, before, after, word.ids)
+
+
+def _context(detector, detection, index, masks):
+    """The pieces before and after word `index` in its chunk, cut at the far ends where `masks` pieces in the
+    word's place would not fit the model's positions."""
+    words = detection.words
     chunk = next(c for c in chunk_words(words, detector.max_pieces) if index in c)
     before = [piece for i in chunk if i < index for piece in words[i].ids]
     after = [piece for i in chunk if i > index for piece in words[i].ids]
-    masked = [tokenizer.cls_token_id, *before, tokenizer.mask_token_id, *after, tokenizer.sep_token_id]
-    ids, attention_mask = _padded([masked], tokenizer.pad_token_id, detector.device)
-    logits = detector.generator(input_ids=ids, attention_mask=attention_mask).logits[0, 1 + len(before)]  # (V,)
-    probabilities = torch.softmax(logits.float(), -1).cpu()
-    original = tokenizer.decode(words[index].ids).strip()  # as the vocabulary spells it (lower case, BERT uncased)
-    wordlike = lambda s: any(c.isalnum() for c in s)  # a word gets words proposed, punctuation anything
-    candidates = []
-    for candidate in probabilities.masked_fill(~detector.whole_words, -1).argsort(descending=True).tolist():
-        if len(candidates) == top_k or not detector.whole_words[candidate]: break
-        word = tokenizer.decode([candidate]).strip()
-        if word != original and (wordlike(word) or not wordlike(original)): candidates.append(candidate)
-    proposals = [Proposal(tokenizer.decode([c]).strip(), probabilities[c].item()) for c in candidates]
-    if rescore:
-        replaced = piece_probabilities(detector, [before + [c] + after for c in candidates])
-        for p, in_place in zip(proposals, replaced): p.replaced_probability = in_place[len(before)]
-        proposals.sort(key=lambda p: p.replaced_probability)
+    while before + after and len(before) + masks + len(after) > detector.max_pieces:
+        before, after = (before[1:], after) if len(before) > len(after) else (before, after[:-1])
+    return before, after
+
+
+def _fill(detector, before, after, n, width, first):
+    """n [MASK]s between `before` and `after` filled left to right with a beam of `width`, the first piece one of
+    `first` ((V,) bool), the others continuations: [(pieces, log p)]."""
+    tokenizer = detector.tokenizer
+    start = 1 + len(before)  # the first [MASK], after [CLS]
+    template = [tokenizer.cls_token_id, *before, *[tokenizer.mask_token_id] * n, *after, tokenizer.sep_token_id]
+    beams = [([], 0.0)]
+    for j in range(n):
+        allowed = first if j == 0 else detector.continuations                                       # (V,)
+        sequences = [template[:start] + pieces + template[start + j:] for pieces, _ in beams]
+        log_p = _generator_log_probabilities(detector, sequences, [start + j] * len(beams))       # (B, V)
+        total = (torch.tensor([s for _, s in beams])[:, None] + log_p).masked_fill(~allowed, -math.inf)
+        top = total.flatten().topk(min(width, int(allowed.sum()) * len(beams)))
+        vocab = log_p.shape[1]
+        beams = [(beams[k // vocab][0] + [k % vocab], v) for v, k in zip(top.values.tolist(), top.indices.tolist())
+                 if v > -math.inf]
+    return beams
+
+
+def _log_probability(detector, before, after, ids):
+    """log p of `ids` filling as many [MASK]s between `before` and `after`, left to right (as `_fill` scores)."""
+    tokenizer, start = detector.tokenizer, 1 + len(before)
+    template = [tokenizer.cls_token_id, *before, *[tokenizer.mask_token_id] * len(ids), *after,
+                tokenizer.sep_token_id]
+    sequences = [template[:start] + ids[:j] + template[start + j:] for j in range(len(ids))]  # teacher forcing
+    log_p = _generator_log_probabilities(detector, sequences, [start + j for j in range(len(ids))])  # (n, V)
+    return log_p[torch.arange(len(ids)), ids].sum().item()
+
+
+def _generator_log_probabilities(detector, sequences, positions, batch_size=16):
+    """(N, V) the generator's log-probabilities at `positions[i]` of `sequences[i]` (ids with [CLS] and [SEP])."""
+    generator, out = detector.generator, []
+    heads = all(hasattr(generator, a) for a in ('electra', 'generator_predictions', 'generator_lm_head'))
+    for i in range(0, len(sequences), batch_size):
+        ids, attention_mask = _padded(sequences[i:i + batch_size], detector.tokenizer.pad_token_id, detector.device)
+        rows = torch.arange(len(ids), device=ids.device)
+        at = torch.tensor(positions[i:i + batch_size], device=ids.device)
+        if heads:  # ElectraForMaskedLM's own layers, its vocabulary projection at the one position a row needs
+            hidden = generator.electra(input_ids=ids, attention_mask=attention_mask).last_hidden_state[rows, at]
+            logits = generator.generator_lm_head(generator.generator_predictions(hidden))                # (B, V)
+        else:
+            logits = generator(input_ids=ids, attention_mask=attention_mask).logits[rows, at]            # (B, V)
+        out.append(torch.log_softmax(logits.float(), -1).cpu())
+    return torch.cat(out)  # (N, V)
+
+
+def rescore_in_place(detector, detection, index, proposals):
+    """Each proposal's `replaced_probability`: the discriminator's P(replaced) with it in word `index`'s place (the
+    max over its pieces, as for any word)."""
+    if not proposals: return proposals
+    ids = detector.tokenizer([p.word for p in proposals], add_special_tokens=False)['input_ids']
+    before, after = _context(detector, detection, index, max(map(len, ids)))
+    for p, pieces, in_place in zip(proposals, ids, piece_probabilities(detector, [before + i + after for i in ids])):
+        p.replaced_probability = max(in_place[len(before):len(before) + len(pieces)])
     return proposals
 
 
@@ -334,8 +498,9 @@ def random_word(tokenizer, rng, exclude=None):
 # Output: marked text, JSON, a picture
 # ---------------------------------------------------------------------------------------------------------------
 def format_text(detection):
-    """The text with flagged words marked ⟦word⟧(P(replaced)), then a line per flagged word with proposals:
-    `word → a (generator's probability), b, ...` (with the discriminator's P(replaced) after a slash, if rescored)."""
+    """The text with flagged words marked ⟦word⟧(P(replaced)), then, with corrections, a line per flagged word:
+    `word (generator's rank, kept) → a (generator's probability), b, ...` (with the discriminator's P(replaced) after
+    a slash, if rescored), and the corrected text."""
     text, words, out, at = detection.text, detection.words, [], 0
     for w in words:
         if w.flagged:
@@ -345,22 +510,31 @@ def format_text(detection):
     if not detection.flagged:
         top = max(words, key=lambda w: w.probability)
         lines.append(f'    no word above {detection.threshold} (highest: {top.text} {top.probability:.2f})')
-    for w in (w for w in words if w.proposals):
-        lines.append(f'    {w.text} → ' + ', '.join(f'{p.word} ({_scores(p)})' for p in w.proposals))
+    for w in (w for w in words if w.flagged and detection.correct):
+        itself = f'rank {w.generator_rank}, {_number(w.generator_probability)}' + (': kept' if w.kept else '')
+        lines.append(f'    {w.text} ({itself}) → ' + ', '.join(f'{p.word} ({_scores(p)})' for p in w.proposals))
+    if detection.correct and detection.flagged: lines.append(f'  corrected: {detection.corrected}')
     return '\n'.join(lines)
+
+
+def _number(probability):
+    return f'{probability:.2f}' if probability >= 0.01 else f'{probability:.0e}'  # a 3-piece word's can be 1e-07
 
 
 def _scores(proposal):
     rescored = proposal.replaced_probability is not None
-    return f'{proposal.probability:.2f}' + (f'/{proposal.replaced_probability:.2f}' if rescored else '')
+    return _number(proposal.probability) + (f'/{proposal.replaced_probability:.2f}' if rescored else '')
 
 
 def to_json(detection):
-    """One JSON line: the text, every word with its offsets and P(replaced), the flagged words' indices and, for
-    those, the proposals."""
+    """One JSON line: the text, every word with its offsets and P(replaced), the flagged words' indices and, with
+    corrections, the flagged words' own generator probability, rank, `kept` and proposals, and the corrected text."""
     words = []
     for w in detection.words:
         words.append(dict(word=w.text, start=w.start, end=w.end, probability=w.probability, flagged=w.flagged))
-        if w.proposals: words[-1]['proposals'] = [vars(p) for p in w.proposals]
-    return json.dumps(dict(text=detection.text, threshold=detection.threshold, flagged=detection.flagged,
-                           words=words), ensure_ascii=False)
+        if w.flagged and detection.correct:
+            words[-1].update(generator_probability=w.generator_probability, generator_rank=w.generator_rank,
+                             kept=w.kept, proposals=[vars(p) for p in w.proposals])
+    out = dict(text=detection.text, threshold=detection.threshold, flagged=detection.flagged, words=words)
+    if detection.correct: out['corrected'] = detection.corrected
+    return json.dumps(out, ensure_ascii=False)
