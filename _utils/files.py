@@ -79,14 +79,16 @@ def remove_stale_temps(*folders):
     model, a summary, a submission file. Those of a process still alive (one writing now) are left alone."""
     for path in [p for folder in folders if Path(folder).is_dir() for p in Path(folder).rglob('.*.tmp*')]:
         match = STALE_TEMP.fullmatch(path.name)
-        if match and path.is_file() and not _alive(int(match[1])): path.unlink(missing_ok=True)
+        if match and path.is_file() and not process_alive(int(match[1])): path.unlink(missing_ok=True)
 
 
-def _alive(pid):
-    if os.name != 'posix': return True  # no signal 0 to ask with: keep the file
+def process_alive(pid):
+    """Whether process `pid` of this machine is running. Where there is no harmless probe (Windows: os.kill ends the
+    process), or the process is another user's, the answer is yes: what it owns is left alone."""
+    if os.name != 'posix': return True
     try: os.kill(pid, 0)
     except ProcessLookupError: return False
-    except OSError: return True  # another user's process
+    except OSError: return True
     return True
 
 

@@ -8,25 +8,33 @@ Masking is *not* done here: it is dynamic, re-drawn at every step (see electra.p
 """
 import hashlib
 import inspect
+import itertools
 import json
 import os
 import random
+import re
 import shutil
+import socket
 from collections import Counter
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from .errors import UserError, first_line
-from .files import PROJECT_DIR, say, slug
+from .files import PROJECT_DIR, process_alive, say, slug
 
 DATASETS_DIR = PROJECT_DIR / 'datasets'
 BUNDLED_VOCAB = DATASETS_DIR / 'vocab' / 'bert-uncased-vocab.txt'
 BUNDLED_CORPUS = DATASETS_DIR / 'wiki_sample'
 # Bump when the example builder or the way text becomes ids changes, so that old caches are never reused
-# (2: literal special-token strings in the text are split like other text)
-BUILDER_VERSION = 2
+# (2: literal special-token strings in the text are split like other text; 3: documents over MAX_DOCUMENT_CHARS
+# are cut into parts)
+BUILDER_VERSION = 3
+# A longer document (a file with no blank lines, say) is cut at line ends into parts of about this many characters,
+# so that reading and packing it takes bounded memory; examples never cross a cut, as they never cross documents
+MAX_DOCUMENT_CHARS = 1_000_000
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -146,27 +154,36 @@ class ExampleBuilder:
 
 def build_examples(documents, tokenizer, max_length, rng):
     """Documents (lists of text lines) -> list of (input_ids, token_type_ids), the official way."""
+    return list(iter_examples(documents, tokenizer, max_length, rng))
+
+
+def iter_examples(documents, tokenizer, max_length, rng):
+    """`build_examples` one example at a time, so that the examples of many long documents are never all held as
+    lists of Python ints (about 40 bytes a token, where the padded arrays take 5)."""
     builder = ExampleBuilder(max_length, tokenizer.cls_token_id, tokenizer.sep_token_id, rng)
-    examples = []
     for lines in documents:
         lines = [l.strip() for l in lines if l.strip()]
         if not lines: continue
-        ids_per_line = text_to_ids(tokenizer, lines)
-        for ids in ids_per_line:
+        for ids in text_to_ids(tokenizer, lines):
             ex = builder.add_line(ids)
-            if ex: examples.append(ex)
+            if ex: yield ex
         ex = builder.end_document()
-        if ex: examples.append(ex)
-    return examples
+        if ex: yield ex
 
 
-def pad_examples(examples, max_length, pad_id=0):
-    """(input_ids, token_type_ids) lists -> padded arrays (N, max_length); pad id 0, token type 0 on padding."""
-    ids = np.full((len(examples), max_length), pad_id, dtype=np.int32)
-    types = np.zeros((len(examples), max_length), dtype=np.int8)
-    for i, (x, t) in enumerate(examples):
-        ids[i, :len(x)], types[i, :len(t)] = x, t
-    return ids, types
+def pad_examples(examples, max_length, pad_id=0, rows=4096):
+    """(input_ids, token_type_ids) lists, from any iterable -> padded arrays (N, max_length); pad id 0, token type 0
+    on padding. Filled `rows` examples at a time."""
+    examples, blocks = iter(examples), []
+    while True:
+        block = list(itertools.islice(examples, rows))
+        ids = np.full((len(block), max_length), pad_id, dtype=np.int32)
+        types = np.zeros((len(block), max_length), dtype=np.int8)
+        for i, (x, t) in enumerate(block):
+            ids[i, :len(x)], types[i, :len(t)] = x, t
+        blocks.append((ids, types))
+        if len(block) < rows: break
+    return tuple(np.concatenate(arrays) for arrays in zip(*blocks))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -204,15 +221,24 @@ def corpus_fingerprint(kind, source):
 
 
 def load_documents(kind, source, cache_dir=None):
-    """A `datasets.Dataset` with one document per row in a column 'text' (lines joined by newlines)."""
+    """A `datasets.Dataset` with one document per row in a column 'text' (lines joined by newlines).
+
+    A local corpus is read into `cache_dir` again at each call (reading is fast next to tokenizing); a hub corpus's
+    download is cached there.
+    """
     datasets = hf_datasets()
     if kind == 'local':
         sizes = [Path(f).stat().st_size for f in source]
         if sum(sizes) == 0:
             raise UserError(f"corpus {', '.join(map(str, source[:3]))} is empty; give files with text in them")
-        # sample_by='paragraph' splits on blank lines: one row per document
-        return datasets.load_dataset('text', data_files=[str(f) for f in source], sample_by='paragraph',
-                                     split='train', cache_dir=cache_dir)
+        try:
+            return datasets.Dataset.from_generator(
+                read_documents, features=datasets.Features({'text': datasets.Value('string')}), cache_dir=cache_dir,
+                gen_kwargs=dict(files=[str(f) for f in source],
+                                corpus_key=json.dumps(corpus_fingerprint(kind, source))))
+        except Exception as e:  # `datasets` wraps the reader's errors in its own
+            if isinstance(e.__cause__, UserError): raise e.__cause__ from None
+            raise
     name, config = source
     try:
         ds = datasets.load_dataset(name, config, split='train', cache_dir=cache_dir)
@@ -224,12 +250,35 @@ def load_documents(kind, source, cache_dir=None):
     return ds.select_columns(['text'])
 
 
+def read_documents(files, corpus_key=None, chunk_chars=1 << 16):
+    """The documents of text files as rows {'text': ...}: the non-empty pieces of each file's text between blank
+    lines (`text.split('\n\n')`, the rows of the `datasets` 'text' loader with sample_by='paragraph'), read in
+    chunks, so that no more than a document is ever held. A document longer than MAX_DOCUMENT_CHARS is cut at a
+    line end. `corpus_key` (the files' sizes and times) only keys `datasets`' cache of the rows.
+    """
+    for file in files:
+        with open(file, encoding='utf-8') as f:      # universal newlines: '\r\n' and '\r' read as '\n'
+            piece = ''
+            try:
+                while chunk := f.read(chunk_chars):
+                    *documents, piece = (piece + chunk + f.readline()).split('\n\n')   # chunks end at line ends
+                    yield from ({'text': d} for d in documents if d)
+                    if len(piece) > MAX_DOCUMENT_CHARS:
+                        yield {'text': piece}
+                        piece = ''
+            except UnicodeDecodeError as e:
+                raise UserError(f"corpus file '{file}' is not UTF-8 text ({e.reason}); save it as UTF-8") from None
+            if piece: yield {'text': piece}
+
+
+BATCH_DOCUMENTS = 64  # documents packed together with one RNG (a `datasets.map` batch)
+
+
 def _build_batch(batch, indices, tokenizer, max_length, seed):
-    # One RNG per batch of documents, seeded by its first index: the result is the same with any num_proc
+    # One RNG per batch of documents, seeded by its first index; batches are the same with any num_proc (see below)
     rng = random.Random(seed * 1_000_003 + indices[0])
-    documents = [doc.split('\n') for doc in batch['text']]
-    examples = build_examples(documents, tokenizer, max_length, rng)
-    ids, types = pad_examples(examples, max_length, tokenizer.pad_token_id)
+    documents = (doc.split('\n') for doc in batch['text'])
+    ids, types = pad_examples(iter_examples(documents, tokenizer, max_length, rng), max_length, tokenizer.pad_token_id)
     return {'input_ids': ids, 'token_type_ids': types}
 
 
@@ -247,28 +296,88 @@ def pretraining_examples(corpus, tokenizer, max_length, seed=0, num_proc=None, c
                max_length=max_length, seed=seed, builder=BUILDER_VERSION)
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     cache_dir = Path(cache_root) / f"{slug(corpus_name(corpus, kind))}-L{max_length}-{digest}"
-    if (cache_dir / 'dataset_info.json').exists():
+    remove_abandoned_builds(Path(cache_root))
+    if is_built(cache_dir, key):
         if verbose: say(f'Examples: cached in {cache_dir}')
         return datasets.load_from_disk(str(cache_dir)).with_format('torch')
 
-    docs = load_documents(kind, source, cache_dir=str(Path(cache_root).parent / 'hf_cache'))  # not ~/.cache
-    num_proc = num_proc or max(1, min(os.cpu_count() or 1, 8))
-    features = datasets.Features({'input_ids': datasets.Sequence(datasets.Value('int32'), length=max_length),
-                                  'token_type_ids': datasets.Sequence(datasets.Value('int8'), length=max_length)})
-    examples = docs.map(_build_batch, batched=True, batch_size=64, with_indices=True, num_proc=min(num_proc, len(docs)),
-                        remove_columns=docs.column_names, features=features, load_from_cache_file=False,
-                        fn_kwargs=dict(tokenizer=tokenizer, max_length=max_length, seed=seed),
-                        desc='Tokenizing and packing')
-    if len(examples) == 0:
-        raise UserError(f"corpus '{corpus}' holds no usable text; give files with one sentence or paragraph per line")
-    # Write to a temporary folder, then rename: a killed run never leaves a half-written cache behind
-    tmp = cache_dir.with_name(cache_dir.name + f'.tmp{os.getpid()}')
-    examples.save_to_disk(str(tmp))
-    shutil.rmtree(cache_dir, ignore_errors=True)
-    tmp.rename(cache_dir)
-    (cache_dir / 'cache_key.json').write_text(json.dumps(key, indent=1))
-    if verbose: say(f'Examples: {len(examples):,} built from {len(docs):,} documents, cached in {cache_dir}')
+    with building(cache_dir) as work:      # everything written goes into `work` until the finished cache is renamed
+        docs = load_documents(kind, source, cache_dir=documents_dir(kind, cache_root, work))
+        n_documents = len(docs)
+        num_proc = min(num_proc or max(1, min(os.cpu_count() or 1, 8)), -(-n_documents // BATCH_DOCUMENTS))
+        if num_proc > 1:
+            # `map` gives each process a contiguous shard of equal size: with the documents padded to a multiple of
+            # num_proc batches (empty documents give no example), every shard starts a batch, so the batches and
+            # their RNGs, and the examples, are those of one process
+            padding = datasets.Dataset.from_dict({'text': [''] * (-n_documents % (BATCH_DOCUMENTS * num_proc))},
+                                                 features=docs.features)
+            docs = datasets.concatenate_datasets([docs, padding])
+        features = datasets.Features({'input_ids': datasets.Sequence(datasets.Value('int32'), length=max_length),
+                                      'token_type_ids': datasets.Sequence(datasets.Value('int8'), length=max_length)})
+        # One process: packed here (datasets 4+ would fork one worker for num_proc=1); the result is the same
+        examples = docs.map(_build_batch, batched=True, batch_size=BATCH_DOCUMENTS, with_indices=True,
+                            num_proc=num_proc if num_proc > 1 else None,
+                            remove_columns=docs.column_names, features=features, load_from_cache_file=False,
+                            cache_file_name=str(work / 'packed.arrow'),
+                            fn_kwargs=dict(tokenizer=tokenizer, max_length=max_length, seed=seed),
+                            desc='Tokenizing and packing')
+        if len(examples) == 0:
+            raise UserError(f"corpus '{corpus}' holds no usable text; give files with one sentence or paragraph per "
+                            "line")
+        examples.save_to_disk(str(work / 'examples'))
+        publish(work / 'examples', cache_dir, key)
+        built = f'Examples: {len(examples):,} built from {n_documents:,} documents, cached in {cache_dir}'
+        del docs, examples  # their files in `work` are deleted next
+    if verbose: say(built)
     return datasets.load_from_disk(str(cache_dir)).with_format('torch')
+
+
+def documents_dir(kind, cache_root, work):
+    """Where `load_documents` puts the documents: a local corpus in the build's own folder (no copy of it stays
+    behind), a hub corpus's download in datasets/hf_cache beside the cache (not ~/.cache), kept for later builds."""
+    return str(work / 'documents') if kind == 'local' else str(Path(cache_root).parent / 'hf_cache')
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Caches built whole or not at all
+# ---------------------------------------------------------------------------------------------------------------
+def is_built(folder, key):
+    """`folder` holds a finished build for `key`: its cache_key.json, the last file a build writes, says so."""
+    try: return json.loads((Path(folder) / 'cache_key.json').read_text()) == json.loads(json.dumps(key))
+    except (OSError, ValueError): return False
+
+
+@contextmanager
+def building(folder):
+    """A fresh folder to build `folder` in, beside it and named for this process ('<name>.tmp<pid>@<host>'), removed
+    when the block ends, however it ends. A build killed outright leaves it behind: `remove_abandoned_builds`."""
+    work = folder.with_name(f'{folder.name}.tmp{os.getpid()}@{socket.gethostname()}')
+    shutil.rmtree(work, ignore_errors=True)  # left by a dead process that had this process's id
+    work.mkdir(parents=True)
+    try: yield work
+    finally: shutil.rmtree(work, ignore_errors=True)
+
+
+def publish(built, folder, key):
+    """Make the finished folder `built` the cache `folder`: cache_key.json written into it, then one rename. A build
+    killed at any moment leaves no `folder` or a finished one, never a `folder` that looks finished and is not."""
+    (built / 'cache_key.json').write_text(json.dumps(key, indent=1))
+    for _ in range(3):
+        try: return built.rename(folder)
+        except OSError:                                      # `folder` is there
+            if is_built(folder, key): return                 # built meanwhile by another process: the same
+            shutil.rmtree(folder, ignore_errors=True)        # unfinished (a build of an older version)
+    built.rename(folder)
+
+
+def remove_abandoned_builds(folder):
+    """Delete the build folders ('<name>.tmp<pid>[@<host>]') in `folder` of processes that are gone: a build killed
+    outright leaves one, as big as what it had written. Those of live processes and of other hosts stay."""
+    host = socket.gethostname()
+    for path in Path(folder).glob('*.tmp*'):
+        owner = re.fullmatch(r'.+\.tmp(\d+)(?:@(.+))?', path.name)
+        if owner and path.is_dir() and (owner[2] or host) == host and not process_alive(int(owner[1])):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def hf_datasets():
@@ -315,15 +424,13 @@ def train_tokenizer(corpus='bundled', vocab_size=30_522, lowercase=True, strip_a
                strip_accents=bool(strip_accents), trainer=TRAINER_VERSION, tokenizers=tokenizers.__version__)
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     folder = Path(cache_root) / 'tokenizers' / f'{slug(corpus_name(corpus, kind))}-{vocab_size}-{digest}'
-    if not (folder / 'tokenizer.json').exists():
-        documents = load_documents(kind, source, cache_dir=str(Path(cache_root).parent / 'hf_cache'))
-        tokenizer = train_wordpiece(documents, vocab_size, bool(lowercase), bool(strip_accents), corpus)
-        # Write to a temporary folder, then rename: a killed run never leaves a half-written tokenizer behind
-        tmp = folder.with_name(folder.name + f'.tmp{os.getpid()}')
-        tokenizer.save_pretrained(str(tmp))
-        (tmp / 'cache_key.json').write_text(json.dumps(key, indent=1))
-        shutil.rmtree(folder, ignore_errors=True)
-        tmp.rename(folder)
+    remove_abandoned_builds(folder.parent)
+    if not is_built(folder, key):
+        with building(folder) as work:
+            documents = load_documents(kind, source, cache_dir=documents_dir(kind, cache_root, work))
+            tokenizer = train_wordpiece(documents, vocab_size, bool(lowercase), bool(strip_accents), corpus)
+            tokenizer.save_pretrained(str(work / 'tokenizer'))
+            publish(work / 'tokenizer', folder, key)
     return load_tokenizer(folder)  # the same object whether just trained or cached
 
 

@@ -190,6 +190,12 @@ def test_pad_examples_pads_ids_and_token_types_with_0():
     assert types.tolist() == [[0, 0, 0, 1, 1, 0, 0, 0], [0] * 8]
 
 
+def test_pad_examples_takes_the_examples_one_at_a_time():
+    examples = [([CLS, 2000 + k, SEP], [0, 0, 0]) for k in range(7)]
+    ids, types = pad_examples(iter(examples), 4, rows=3)          # blocks of 3: never all 7 as lists at once
+    assert ids.tolist() == [[CLS, 2000 + k, SEP, 0] for k in range(7)] and types.tolist() == [[0] * 4] * 7
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # The cache of packed examples
 # ---------------------------------------------------------------------------------------------------------------
