@@ -41,14 +41,14 @@ started = time.perf_counter()
 
 
 # ## 1. Configuration
-# The fields' defaults are the paper's recipe. A **preset** sets a group of them: `demo` (the default) only lowers
-# the number of runs per task from the paper's 10 to 3 (still a median), so that the whole bundled sample finetunes
-# in a few minutes on a laptop CPU; `paper` is the paper's protocol (10 runs); `tupe` is TUPE's (RECIPE.md, "TUPE"):
-# a learning-rate search over 2, 3, 4 and 5e-5 with 5 runs per rate, the median per rate and the best rate's median
-# per task, 10 epochs (5 for MNLI, QNLI and QQP), warmup 6%, one rate for every layer, weight decay 0.01 and Adam with
-# bias correction and betas (0.9, 0.98). The learning rate and the layer-wise decay follow the
-# model's size unless given (`--lrs` gives a search of your own). Any field can be overridden from the command line,
-# e.g. `python finetune.py --tasks cola,rte --n_runs 5`; `--help` lists them.
+# The fields' defaults are the paper's recipe. A **preset** sets a group of them: `demo` (the default) only lowers the
+# number of runs per task from the paper's 10 to 3 (still a median), so that the whole bundled sample finetunes in a few
+# minutes on a laptop CPU; `paper` is the paper's protocol (10 runs); `tupe` is TUPE's (RECIPE.md, "TUPE"): a
+# learning-rate search over 2, 3, 4 and 5e-5 with 5 runs per rate, the median per rate and the best rate's median per
+# task, 10 epochs (5 for MNLI, QNLI and QQP), warmup 6%, one rate for every layer, weight decay 0.01 and Adam with bias
+# correction and betas (0.9, 0.98), two dev evaluations per epoch and each run's best as its score. The learning rate
+# and the layer-wise decay follow the model's size unless given (`--lrs` gives a search of your own). Any field can be
+# overridden from the command line, e.g. `python finetune.py --tasks cola,rte --n_runs 5`; `--help` lists them.
 
 @dataclass
 class Runs(Config):
@@ -119,12 +119,17 @@ class MyConfig(Runs):
     loss_reduction: str = option('sum', "a batch's loss: the 'sum' of its examples' losses (the official code) "
                                  "or their 'mean'", choices=['sum', 'mean'])
     dropout: float = option(0.1, 'dropout on the [CLS] vector before the classifier')
+    validations_per_epoch: int = option(1, 'dev evaluations per epoch, evenly spaced, the last at its end (TUPE: 2)',
+                                        valid=POSITIVE)
+    run_score: str = option('last', "a run's score: its 'last' dev evaluation (the paper) or its 'best' (TUPE; the "
+                            "best one's weights are then the run's)", choices=['last', 'best'])
 
     PRESETS = {
         'demo': dict(n_runs=3),
         'paper': dict(n_runs=10, batch_size=32, warmup_fraction=0.1, weight_decay=0.0, max_length=128),
         'tupe': dict(lrs='2e-5,3e-5,4e-5,5e-5', n_runs=5, epochs=10, large_task_epochs=5, warmup_fraction=0.06,
-                     layer_lr_decay=1.0, weight_decay=0.01, adam_beta2=0.98, bias_correction=True),
+                     layer_lr_decay=1.0, weight_decay=0.01, adam_beta2=0.98, bias_correction=True,
+                     validations_per_epoch=2, run_score='best'),
         'none': dict(),
     }
 
@@ -159,7 +164,8 @@ recipes = recipes_for(pretrained.size, cfg.rates, lr=cfg.lr, layer_lr_decay=cfg.
                       large_task_epochs=cfg.large_task_epochs, warmup_fraction=cfg.warmup_fraction,
                       weight_decay=cfg.weight_decay, adam_eps=cfg.adam_eps, adam_beta2=cfg.adam_beta2,
                       bias_correction=cfg.bias_correction, clip=cfg.clip,
-                      loss_reduction=cfg.loss_reduction, dropout=cfg.dropout, max_length=cfg.max_length)
+                      loss_reduction=cfg.loss_reduction, dropout=cfg.dropout, max_length=cfg.max_length,
+                      validations_per_epoch=cfg.validations_per_epoch, run_score=cfg.run_score)
 recipe, rates = recipes[0], ', '.join(f'{r.lr:g}' for r in recipes)
 config = pretrained.electra.config
 say(f'Model: {pretrained.source}\n  hidden {config.hidden_size}, {config.num_hidden_layers} layers, '

@@ -56,6 +56,9 @@ class Recipe:
     loss_reduction: str = 'sum'     # the batch's per-example losses summed, as the official code does (or 'mean')
     dropout: float = 0.1
     max_length: int = 128
+    validations_per_epoch: int = 1  # dev evaluations per epoch, evenly spaced, the last at its end (TUPE's: 2)
+    run_score: str = 'last'         # a run's score: its 'last' evaluation (the paper) or its 'best' (TUPE's protocol,
+    #                                 whose weights are then the run's: they predict the test set)
 
     def epochs_for(self, task):
         if self.large_task_epochs and task_by_name(task).name in LARGE_TASKS: return self.large_task_epochs
@@ -135,31 +138,68 @@ def evaluate(task, model, dev, batch_size=128, precision='fp32'):
 
 
 class DevEvaluation(Callback):
-    """After every epoch: the mean training loss and the dev metrics, handed to `on_epoch(row)` at once."""
+    """The dev metrics `per_epoch` times an epoch, evenly spaced, the last at its end, each with the mean training
+    loss since the one before; every row is handed to `on_epoch(row)` at once. Its 'epoch' is how far training has
+    gone: 1, 2, ... (0.5, 1, 1.5, ... with two per epoch). Those within an epoch leave the random state as they
+    found it, so that the epochs' ends are evaluated as with one evaluation per epoch. `keep_best`: the weights of
+    the best evaluation so far (the earliest of equals) are kept in `best_state` (CPU), for TUPE's protocol, which
+    scores a run by its best."""
     order = 80
 
-    def __init__(self, task, dev, on_epoch, batch_size=128, precision='fp32', loss_reduction=Recipe.loss_reduction):
+    def __init__(self, task, dev, on_epoch, batch_size=128, precision='fp32', loss_reduction=Recipe.loss_reduction,
+                 per_epoch=1, keep_best=False):
         self.task, self.dev, self.on_epoch = task_by_name(task), dev, on_epoch
         self.batch_size, self.precision, self.loss_reduction = batch_size, precision, loss_reduction
-        self.history = []
+        self.per_epoch, self.keep_best = per_epoch, keep_best
+        self.history, self.best_state = [], None
 
     def before_epoch(self):
+        # the batches after which to evaluate, the epoch's end being the last: n_iter * j / per_epoch, rounded
+        n_batches = len(self.learn.dls.train)
+        self.at = {max(1, round(n_batches * j / self.per_epoch)): j for j in range(1, self.per_epoch)}
+        self._start_interval()
+
+    def _start_interval(self):
         self.loss_sum, self.n_examples, self.t0 = 0.0, 0, time.perf_counter()
 
     def after_batch(self):
-        if self.training:
-            n = len(self.learn.yb[0])
-            # a tensor: no device sync per batch. Per example, whether the batch's losses were summed or averaged
-            self.loss_sum += self.learn.loss.detach() * (1 if self.loss_reduction == 'sum' else n)
-            self.n_examples += n
+        if not self.training: return
+        n = len(self.learn.yb[0])
+        # a tensor: no device sync per batch. Per example, whether the batch's losses were summed or averaged
+        self.loss_sum += self.learn.loss.detach() * (1 if self.loss_reduction == 'sum' else n)
+        self.n_examples += n
+        j = self.at.get(self.iter + 1)
+        if j is not None and self.iter + 1 < self.n_iter:  # the epoch's end has its own evaluation
+            device = next(self.learn.model.parameters()).device
+            # the random state as it was: the training goes on as without this evaluation (the dev DataLoader draws)
+            with torch.random.fork_rng(devices=[device] if device.type == 'cuda' else []):
+                self._evaluate(self.epoch + j / self.per_epoch)
+            self._start_interval()
 
     def after_epoch(self):
+        self._evaluate(self.epoch + 1)
+
+    def _evaluate(self, epoch):
         metrics = evaluate(self.task, self.learn.model, self.dev, self.batch_size, self.precision)
-        row = dict(epoch=self.epoch + 1, step=self.learn.step,
+        row = dict(epoch=epoch, step=self.learn.step,
                    train_loss=float(self.loss_sum) / max(1, self.n_examples), **metrics,
                    score=main_score(self.task, metrics), seconds=time.perf_counter() - self.t0)
+        if self.keep_best and (not self.history or _better(row, best_row(self.history))):
+            self.best_state = {k: v.detach().cpu().clone() for k, v in self.learn.model.state_dict().items()}
         self.history.append(row)
         self.on_epoch(row)
+
+
+def best_row(history):
+    """The evaluation with the best score, the earliest of equals (a nan score never counts as best)."""
+    best = history[0]
+    for row in history[1:]:
+        if _better(row, best): best = row
+    return best
+
+
+def _better(row, than):
+    return row['score'] > than['score'] or (than['score'] != than['score'] and row['score'] == row['score'])
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -190,21 +230,28 @@ class RunResult:
     task: str
     run: int
     seed: int
-    history: list            # one row per epoch: epoch, step, train_loss, metrics, score, seconds
+    history: list            # one row per dev evaluation: epoch, step, train_loss, metrics, score, seconds
     state_dict: dict = None  # the finetuned weights (CPU), kept only for the best run of a task
+    run_score: str = 'last'  # which evaluation is the run's (Recipe.run_score): the last, or the best
 
     @property
     def final(self): return self.history[-1]
 
     @property
-    def score(self): return self.final['score']
+    def chosen(self):
+        """The evaluation that is the run's result: the last (the paper), or the best (TUPE's protocol)."""
+        return best_row(self.history) if self.run_score == 'best' else self.final
+
+    @property
+    def score(self): return self.chosen['score']
 
 
 def finetune_run(data, pretrained, recipe, seed, run=0, precision='fp32', device=torch.device('cpu'),
                  log_dir=None, loggers=('csv', 'tensorboard'), log_every=50, on_epoch=None, config=None):
     """Finetune a fresh copy of the pretrained body on one task with one seed; dev metrics after every epoch.
 
-    The model is evaluated as it stands after the last epoch (no early stopping), as in the paper.
+    The run's score is that of the model as it stands after the last epoch (no early stopping), as in the paper;
+    with `recipe.run_score` 'best', that of its best dev evaluation, whose weights are then the run's (TUPE's).
     """
     task = data.task
     seed_everything(seed)  # head initialisation, dropout, batch order
@@ -213,7 +260,8 @@ def finetune_run(data, pretrained, recipe, seed, run=0, precision='fp32', device
                                pad_id=pretrained.tokenizer.pad_token_id)
     epochs = recipe.epochs_for(task)
     evaluation = DevEvaluation(task, data.dev, on_epoch or (lambda row: None), precision=precision,
-                               loss_reduction=recipe.loss_reduction)
+                               loss_reduction=recipe.loss_reduction, per_epoch=recipe.validations_per_epoch,
+                               keep_best=recipe.run_score == 'best')
     learn = finetuning_learner(model, train_dl, task, recipe, pretrained.n_layers, epochs, precision, device,
                                [evaluation])
     if log_dir is not None and loggers:
@@ -226,20 +274,26 @@ def finetune_run(data, pretrained, recipe, seed, run=0, precision='fp32', device
         quiet.enter_context(learn.no_logging())
         if hasattr(learn, 'no_bar'): quiet.enter_context(learn.no_bar())  # when fastai's progress bar is loaded
         learn.fit(epochs)
-    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    return RunResult(task.name, run, seed, evaluation.history, state)
+    state = evaluation.best_state or {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    return RunResult(task.name, run, seed, evaluation.history, state, recipe.run_score)
 
 
 class DevMetricsToLoggers(Callback):
-    """Sends each epoch's dev metrics to the run's TensorBoard / Neptune (the CSV gets them via runs.csv)."""
+    """Sends each dev evaluation's metrics to the run's TensorBoard / Neptune (the CSV gets them via runs.csv)."""
     order = 90
 
-    def __init__(self, metrics_logger, evaluation): self.metrics_logger, self.evaluation = metrics_logger, evaluation
+    def __init__(self, metrics_logger, evaluation):
+        self.metrics_logger, self.evaluation, self.sent = metrics_logger, evaluation, 0
 
-    def after_epoch(self):
-        row = self.evaluation.history[-1]
-        values = {'step': row['step'], **{f'dev_{k}': v for k, v in row.items() if k not in ('epoch', 'step')}}
-        if hasattr(self.metrics_logger, 'backends'): self.metrics_logger.log(values, skip=('csv',))
+    def after_batch(self): self._send()
+
+    def after_epoch(self): self._send()
+
+    def _send(self):
+        for row in self.evaluation.history[self.sent:]:
+            values = {'step': row['step'], **{f'dev_{k}': v for k, v in row.items() if k not in ('epoch', 'step')}}
+            if hasattr(self.metrics_logger, 'backends'): self.metrics_logger.log(values, skip=('csv',))
+        self.sent = len(self.evaluation.history)
 
 
 # ---------------------------------------------------------------------------------------------------------------

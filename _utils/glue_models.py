@@ -137,7 +137,7 @@ def save_finetuned(run, pretrained, path):
     recognises it when resuming (task, run, seed, dev scores). Plain values and tensors only: it loads with
     torch.load(weights_only=True). Written to a temporary file, then renamed. The epoch's wall time is left out:
     a run trained again (--resume) saves the same bytes."""
-    dev = {k: v.item() if hasattr(v, 'item') else v for k, v in run.final.items() if k != 'seconds'}  # plain numbers
+    dev = {k: v.item() if hasattr(v, 'item') else v for k, v in run.chosen.items() if k != 'seconds'}  # plain numbers
     return atomic_save(dict(format=FINETUNED_FORMAT, task=run.task, run=run.run, seed=run.seed, dev=dev,
                             electra_config=pretrained.electra.config.to_dict(),
                             tokenizer=pretrained.tokenizer.backend_tokenizer.to_str(),

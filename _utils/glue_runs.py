@@ -16,7 +16,7 @@ import torch
 
 from .errors import UserError, first_line
 from .files import atomic_write, atomic_write_text, say, slug
-from .finetuning import RunResult, finetune_run
+from .finetuning import RunResult, best_row, finetune_run
 from .glue import GLUE_AVERAGE_TASKS, TASKS, task_by_name
 from .glue_scores import glue_average
 from .glue_models import read_finetuned
@@ -29,13 +29,14 @@ RUN_COLUMNS = ('task', 'run', 'seed', 'epoch', 'step', 'train_loss', 'main_metri
 
 
 RENAMED_SETTINGS = {'fixed_off_by_one': 'fix_layer_decay'}  # settings.json written by older versions
-ADDED_SETTINGS = dict(adam_beta2=0.999, bias_correction=False)  # absent from older settings.json: what they ran with
+ADDED_SETTINGS = dict(adam_beta2=0.999, bias_correction=False,  # absent from older settings.json: what they ran with
+                      validations_per_epoch=1, run_score='last')
 SETTINGS_FILE = 'settings.json'  # beside runs.csv: what its runs were made with, checked by --resume
 
 
 class RunsLog:
-    """runs.csv: one row per (task, run, epoch), appended and flushed as each epoch ends, so a crash keeps the rows
-    so far. A failing disk is reported once; the rows stay in `rows` and training goes on.
+    """runs.csv: one row per (task, run, dev evaluation), appended and flushed as each evaluation ends, so a crash
+    keeps the rows so far. A failing disk is reported once; the rows stay in `rows` and training goes on.
 
     A new set of runs moves an earlier runs.csv (and its settings.json) aside under its time stamp, never
     overwriting it; `append=True` (--resume) adds to it instead. `settings` (`run_settings`) go to settings.json.
@@ -116,7 +117,7 @@ def finished_runs(log_dir, settings, recipe, notify=say):
         return {}
     _check_settings(log_dir / SETTINGS_FILE, settings, notify)
     finished = {}
-    for run in read_runs(runs_csv):
+    for run in read_runs(runs_csv, recipe.run_score):
         if run.final['epoch'] == recipe.epochs_for(run.task):
             finished.setdefault(run.task, {})[(run.run, run.seed)] = run
     return finished
@@ -141,10 +142,11 @@ def _check_settings(path, settings, notify):
                         'a new --group_name')
 
 
-def read_runs(path):
-    """runs.csv -> RunResults, one per (task, run, seed). A run redone after an interruption appends its epochs
-    again, from epoch 1: each such attempt is kept apart, and the run's history is the attempt that got furthest
-    (the later one of equals), never epochs of two attempts mixed. A row cut short by a crash is ignored."""
+def read_runs(path, run_score='last'):
+    """runs.csv -> RunResults, one per (task, run, seed), scored by `run_score` (Recipe.run_score). A run redone
+    after an interruption appends its epochs again, from the start: each such attempt is kept apart, and the run's
+    history is the attempt that got furthest (the later one of equals), never epochs of two attempts mixed. A row
+    cut short by a crash is ignored."""
     try:
         with open(path, newline='') as f:
             reader = csv.DictReader(f)
@@ -168,14 +170,16 @@ def read_runs(path):
     runs = []
     for key, attempts in attempts_of.items():
         epochs = max(reversed(attempts), key=max)  # the furthest; of equals, the latest
-        runs.append(RunResult(*key, [epochs[e] for e in sorted(epochs)]))
+        runs.append(RunResult(*key, [epochs[e] for e in sorted(epochs)], run_score=run_score))
     return runs
 
 
 def _history_row(row):
     """A runs.csv row -> the row `DevEvaluation` made: numbers, no empty metric cells. Raises if cut short."""
     if row.get('seconds') in (None, ''): raise ValueError('incomplete row')  # the last column: the row is whole
-    out = dict(epoch=int(row['epoch']), step=int(row['step']), train_loss=float(row['train_loss']))
+    epoch = float(row['epoch'])  # 2, or 1.5 with two evaluations per epoch
+    out = dict(epoch=int(epoch) if epoch.is_integer() else epoch, step=int(row['step']),
+               train_loss=float(row['train_loss']))
     out.update({m: float(row[m]) for m in METRIC_COLUMNS if row.get(m) not in (None, '')})
     out.update(score=float(row['score']), seconds=float(row['seconds']))
     return out
@@ -190,11 +194,11 @@ class TaskResult:
 
 
 class EpochLine:
-    """One printed line per run, growing as its epochs end: 'CoLA run 1/3 (seed 0), mcc by epoch: 9.61 -9.00 1.41;
-    train loss 0.6587, 0.9 s' (the last epoch's other metrics in brackets)."""
+    """One printed line per run, growing as its evaluations end: 'CoLA run 1/3 (seed 0), mcc by epoch: 9.61 -9.00 1.41;
+    train loss 0.6587, 0.9 s' (the last evaluation's other metrics in brackets; with `best`, the best one's score)."""
 
-    def __init__(self, head, main_metric, verbose=True):
-        self.head, self.main_metric, self.verbose, self.rows = head, main_metric, verbose, []
+    def __init__(self, head, main_metric, verbose=True, best=False):
+        self.head, self.main_metric, self.verbose, self.best, self.rows = head, main_metric, verbose, best, []
 
     def add(self, row):
         if self.verbose: print(('' if self.rows else self.head) + f" {row['score']:.2f}", end='', flush=True)
@@ -204,7 +208,9 @@ class EpochLine:
         if not (self.verbose and self.rows): return
         last = self.rows[-1]
         others = ', '.join(f'{k} {last[k]:.1f}' for k in METRIC_COLUMNS if k in last and k != self.main_metric)
-        print(f"{' (' + others + ')' if others else ''}; train loss {last['train_loss']:.4f}, "
+        best = best_row(self.rows)
+        chosen = f"; best {best['score']:.2f} at epoch {best['epoch']:g}" if self.best else ''
+        print(f"{' (' + others + ')' if others else ''}{chosen}; train loss {last['train_loss']:.4f}, "
               f"{sum(r['seconds'] for r in self.rows):.1f} s", flush=True)
 
 
@@ -231,8 +237,10 @@ def finetune_task(data, pretrained, recipe, seeds, runs_log=None, precision='fp3
 
     def train(run, seed):
         """The run's RunResult with its weights (its epochs in runs_log); None if it failed."""
-        line = EpochLine(f'{task.name} run {run + 1}/{len(seeds)} (seed {seed}), {task.main_metric} by epoch:',
-                         task.main_metric, verbose)
+        per = recipe.validations_per_epoch
+        line = EpochLine(f"{task.name} run {run + 1}/{len(seeds)} (seed {seed}), {task.main_metric} by "
+                         f"{'epoch' if per == 1 else f'1/{per} epoch'}:", task.main_metric, verbose,
+                         best=recipe.run_score == 'best')
 
         def on_epoch(row):
             if runs_log is not None: runs_log.append(task, run, seed, row)
@@ -247,7 +255,7 @@ def finetune_task(data, pretrained, recipe, seeds, runs_log=None, precision='fp3
             notify(failed[-1] + '; the other runs go on')
             return None
         line.end()
-        runs[run] = RunResult(result.task, run, seed, result.history)
+        runs[run] = RunResult(result.task, run, seed, result.history, run_score=result.run_score)
         return result
 
     def keep(result):
@@ -310,9 +318,10 @@ def saved_best(path, finished):
 
 
 def summarize(runs):
-    """Per task, over the runs' final-epoch dev scores: median (the paper's statistic), mean, std, min, max of the
-    main metric, and the median of the other metrics. Then a 'GLUE avg' row: the mean of the medians over the
-    paper's 8 tasks (no WNLI) that are present. `runs`: RunResults, or the rows of runs.csv as a DataFrame.
+    """Per task, over the runs' dev scores (each run's last evaluation, or its best: `RunResult.chosen`): median
+    (the paper's statistic), mean, std, min, max of the main metric, and the median of the other metrics. Then a
+    'GLUE avg' row: the mean of the medians over the paper's 8 tasks (no WNLI) that are present. `runs`:
+    RunResults, or the rows of runs.csv as a DataFrame (each run's last row).
 
     Returns (DataFrame indexed by task, GlueAverage).
     """
@@ -341,10 +350,11 @@ def summarize(runs):
 
 
 def final_rows(runs):
-    """Each run's last epoch as a DataFrame row, from RunResults or from the rows of runs.csv (a DataFrame)."""
+    """Each run's result as a DataFrame row: from RunResults, the evaluation that is the run's (`RunResult.chosen`);
+    from the rows of runs.csv (a DataFrame), each run's last."""
     import pandas as pd
     if not isinstance(runs, pd.DataFrame):
-        return pd.DataFrame([dict(task=r.task, run=r.run, seed=r.seed, **r.final) for r in runs])
+        return pd.DataFrame([dict(task=r.task, run=r.run, seed=r.seed, **r.chosen) for r in runs])
     return runs.sort_values('epoch', kind='stable').groupby(['task', 'run', 'seed']).tail(1)
 
 

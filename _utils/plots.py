@@ -20,7 +20,7 @@ def plot_runs(runs, ax=None):
         ax.plot(i + jitter, scores, 'o', alpha=0.7)
         ax.hlines(np.median(scores), i - 0.3, i + 0.3, color='black')
     ax.set_xticks(range(len(tasks)), [f'{t}\n({TASKS[t].main_metric})' for t in tasks])
-    ax.set(ylabel='dev score (final epoch)', title='Spread over runs (bar: median)')
+    ax.set(ylabel='dev score (each run)', title='Spread over runs (bar: median)')
     return ax
 
 

@@ -313,6 +313,39 @@ def test_each_epochs_dev_metrics_are_on_disk_as_soon_as_the_epoch_ends(tokenizer
     assert '| CoLA | mcc | 2 |' in md_path.read_text()
 
 
+def test_two_evaluations_per_epoch_and_the_best_is_the_runs_score_with_its_weights(tokenizer, tmp_path):
+    """TUPE's protocol: dev twice per epoch, a run scored by its best evaluation, whose weights are the run's. The
+    evaluations within an epoch leave the training as it was: the epochs' ends score as with one per epoch."""
+    torch.manual_seed(0)
+    pretrained = pretrained_of(ElectraModel(tiny_config(len(tokenizer))), tokenizer)
+    data = few_rows_task('STS-B', tokenizer)
+    tupe = ft.Recipe(epochs=2, batch_size=8, validations_per_epoch=2, run_score='best')
+    runs_log = runs.RunsLog(tmp_path / 'runs.csv')
+    result = runs.finetune_task(data, pretrained, tupe, seeds=[3], runs_log=runs_log, verbose=False)
+    rows = pd.read_csv(runs_log.path)
+    assert list(rows.epoch) == [0.5, 1, 1.5, 2] and list(rows.step) == [2, 4, 6, 8]
+    once = runs.finetune_task(data, pretrained, ft.Recipe(epochs=2, batch_size=8), seeds=[3], verbose=False)
+    assert [r['score'] for r in once.runs[0].history] == list(rows.score[rows.epoch.isin([1, 2])])
+
+    best = rows.loc[rows.score.idxmax()]
+    assert result.best.score == best.score and result.best.chosen['epoch'] == best.epoch
+    assert runs.summarize(result.runs)[0].loc['STS-B', 'median'] == best.score
+    model = models.load_finetuned(models.save_finetuned(result.best, pretrained, tmp_path / 'STS-B.pth'))[0]
+    assert ft.evaluate('STS-B', model, data.dev) == pytest.approx(best[['pearson', 'spearman']].to_dict())
+
+    read_back = runs.read_runs(runs_log.path, run_score='best')[0]                 # --resume reads it the same way
+    assert [r['epoch'] for r in read_back.history] == [0.5, 1, 1.5, 2] and read_back.score == best.score
+    assert runs.read_runs(runs_log.path)[0].score == rows.score.iloc[-1]           # the paper's: the last
+
+
+def test_a_runs_best_evaluation_is_the_earliest_of_equals_and_never_nan():
+    run = lambda *scores, rule='best': ft.RunResult('CoLA', 0, 0, [epoch_row(e + 1, s) for e, s in
+                                                                   enumerate(scores)], run_score=rule)
+    assert run(5.0, 9.0, 9.0, 2.0).chosen['epoch'] == 2 and run(5.0, 9.0, 9.0, 2.0).score == 9.0
+    assert run(float('nan'), 3.0, float('nan')).score == 3.0
+    assert run(5.0, 9.0, 2.0, rule='last').score == 2.0
+
+
 def test_a_failing_logger_never_stops_training(tokenizer, tmp_path, monkeypatch):
     from _utils import loggers
 
@@ -468,6 +501,14 @@ def test_resume_refuses_runs_made_with_other_settings_in_one_line(tmp_path):
                                         r'--resume .* or give a new --group_name') as e:
         runs.finished_runs(tmp_path, dict(SETTINGS, lr=1e-3, epochs=3), ft.Recipe(epochs=3))
     assert '\n' not in str(e.value)
+
+
+def test_resume_reads_settings_written_before_evaluations_per_epoch_as_one_per_epoch_scored_last(tmp_path):
+    runs.RunsLog(tmp_path / 'runs.csv', settings=SETTINGS).append('CoLA', 0, 0, epoch_row(2, 10.0))
+    now = dict(SETTINGS, validations_per_epoch=1, run_score='last')
+    assert list(runs.finished_runs(tmp_path, now, ft.Recipe(epochs=2))['CoLA']) == [(0, 0)]
+    with pytest.raises(UserError, match="run_score 'last' -> 'best'"):
+        runs.finished_runs(tmp_path, dict(now, run_score='best'), ft.Recipe(epochs=2, run_score='best'))
 
 
 def test_resume_reads_settings_written_before_fixed_off_by_one_was_renamed_fix_layer_decay(tmp_path):

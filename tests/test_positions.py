@@ -314,7 +314,8 @@ def _run(script, *args, cwd=ROOT):
 
 @pytest.mark.slow
 def test_pretrain_py_tupe_r_resumes_finetunes_with_a_search_and_refuses_export(tmp_path):
-    """The whole path: pretrain.py --position tupe-r, --resume, then finetune.py --lrs on its checkpoint."""
+    """The whole path: pretrain.py --position tupe-r, --resume, then finetune.py --lrs on its checkpoint, validated
+    twice per epoch and each run scored by its best evaluation (TUPE's protocol)."""
     common = ['--checkpoint_dir', str(tmp_path / 'ckpt'), '--log_dir', str(tmp_path / 'logs')]
     out = _run('pretrain.py', '--size', 'tiny', '--batch_size', '4', '--max_length', '32', '--precision', 'fp32',
                '--compile', 'none', '--device', 'cpu', '--logger', 'csv', '--log_every', '1', '--warmup_steps', '1',
@@ -326,37 +327,41 @@ def test_pretrain_py_tupe_r_resumes_finetunes_with_a_search_and_refuses_export(t
     assert 'from step 2' in out and 'positions tupe-r' in out                # the option comes back with the run
     ft = ['--model', str(tmp_path / 'ckpt' / 't_seed0_100pct.pth'), '--tasks', 'rte', '--lrs', '1e-4,3e-4',
           '--n_runs', '2', '--epochs', '1', '--max_length', '32', '--precision', 'fp32', '--device', 'cpu',
-          '--logger', 'csv', '--group_name', 's', '--output_dir', str(tmp_path / 'out'),
+          '--validations_per_epoch', '2', '--run_score', 'best', '--logger', 'csv', '--group_name', 's', '--output_dir', str(tmp_path / 'out'),
           '--checkpoint_dir', str(tmp_path / 'ft'), '--log_dir', str(tmp_path / 'ftlogs')]
     out = _run('finetune.py', *ft)
     group = tmp_path / 'ftlogs' / 's'
     medians = {}
     for lr in ('0.0001', '0.0003'):
         rows = list(csv.DictReader((group / f'lr-{lr}' / 'runs.csv').open()))
-        medians[lr] = sorted(float(r['score']) for r in rows)
-        assert len(rows) == 2 and (tmp_path / 'ft' / 's' / f'lr-{lr}' / 'RTE.pth').is_file()
+        assert [r['epoch'] for r in rows] == ['0.5', '1'] * 2                  # two evaluations per epoch
+        medians[lr] = sorted(max(float(r['score']) for r in rows if r['run'] == run) for run in '01')  # each best
+        assert (tmp_path / 'ft' / 's' / f'lr-{lr}' / 'RTE.pth').is_file()
     search = list(csv.DictReader((group / 'search.csv').open()))
     chosen = max(medians, key=lambda lr: (sum(medians[lr]) / 2, -float(lr)))  # the median of two runs: their mean
     assert search[0]['task'] == 'RTE' and float(search[0]['best lr']) == float(chosen)
-    assert 'Learning-rate search' in out and (tmp_path / 'out' / 's' / 'RTE.tsv').is_file()
+    assert 'by 1/2 epoch:' in out and 'Learning-rate search' in out and (tmp_path / 'out' / 's' / 'RTE.tsv').is_file()
     out = _run('finetune.py', *ft, '--resume')                               # every run done: nothing trained again
-    assert out.count('already finished') == 2 and 'by epoch:' not in out
+    assert out.count('already finished') == 2 and 'epoch:' not in out
 
 
 @pytest.mark.slow
 def test_finetune_py_tupe_preset_is_tupes_protocol(tokenizer):
     """RECIPE.md, "TUPE": lr in {2,3,4,5}e-5, 5 runs per rate, 10 epochs (5 for MNLI, QNLI, QQP), warmup 6%; and its
-    optimizer: one lr for every layer, weight decay 0.01, Adam with bias correction and betas (0.9, 0.98)."""
+    optimizer: one lr for every layer, weight decay 0.01, Adam with bias correction and betas (0.9, 0.98); and its
+    validation: twice per epoch, a run's best counts."""
     from _utils.finetuning import finetuning_optimizer, parse_rates, recipes_for
     out = _run('finetune.py', '--help')
     line = next(row for row in out.splitlines() if row.strip().startswith('tupe '))
     assert line.split(None, 1)[1] == ('lrs=2e-5,3e-5,4e-5,5e-5, n_runs=5, epochs=10, large_task_epochs=5, '
                                       'warmup_fraction=0.06, layer_lr_decay=1.0, weight_decay=0.01, adam_beta2=0.98, '
-                                      'bias_correction=True')
+                                      'bias_correction=True, validations_per_epoch=2, run_score=best')
     preset = dict(field.split('=') for field in line.split(None, 1)[1].split(', '))
     recipes = recipes_for('small', parse_rates(preset['lrs']), layer_lr_decay=float(preset['layer_lr_decay']),
                           weight_decay=float(preset['weight_decay']), adam_beta2=float(preset['adam_beta2']),
-                          bias_correction=preset['bias_correction'] == 'True')
+                          bias_correction=preset['bias_correction'] == 'True',
+                          validations_per_epoch=int(preset['validations_per_epoch']), run_score=preset['run_score'])
+    assert all(r.validations_per_epoch == 2 and r.run_score == 'best' for r in recipes)  # the best of two per epoch
     _, disc = tiny('tupe-r')
     model = build_classifier(Pretrained(disc.electra, tokenizer, 'tupe', 'test'), 'RTE')
     opt = finetuning_optimizer(model, recipes[0], n_layers=2)
