@@ -50,6 +50,7 @@ class QuietRecorder(Callback):
         from collections import deque
         rec = self.learn.recorder
         rec.smooth_loss = SmoothLossOnDevice(beta=rec.smooth_loss.beta)
+        rec.smooth_loss.reset()  # Recorder.before_fit reset the one it made; fastai < 2.8 starts none at count 0
         rec.lrs, rec.losses = deque(maxlen=self.keep), deque(maxlen=self.keep)
 
 

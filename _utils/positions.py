@@ -195,7 +195,8 @@ class UntiedEmbeddings(ElectraEmbeddings):
     """Hugging Face's ELECTRA embeddings without the position embedding in the sum: word + token type, LayerNorm,
     dropout. The position table stays (same name and shape) for the positional attention to read."""
 
-    def forward(self, input_ids=None, token_type_ids=None, position_ids=None, inputs_embeds=None, cache_length=0):
+    def forward(self, input_ids=None, token_type_ids=None, position_ids=None, inputs_embeds=None, **unused):
+        # unused: the cache's length, `cache_length` from transformers 5.24 on, `past_key_values_length` before
         if inputs_embeds is None: inputs_embeds = self.word_embeddings(input_ids)
         if token_type_ids is None: token_type_ids = torch.zeros(inputs_embeds.shape[:2], dtype=torch.long,
                                                                 device=inputs_embeds.device)

@@ -17,6 +17,7 @@ measured in bench/README.md and bench/RESULTS.md (`bench/bench_dropout.py` times
 - Freed memory kept in the process (glibc): a CPU step's large tensors are not paged in and zeroed again each step.
 """
 import math
+import typing
 
 import torch
 import torch.nn as nn
@@ -49,8 +50,9 @@ def _decisions(shape, p, dtype, device='cpu'):
     return keep[:n].view(shape)
 
 
+# typing.Sequence[int], not list[int]: torch 2.4 infers an operator's schema from the typing module's forms only
 @torch.library.custom_op('electra_fastai::dropout_mask', mutates_args=())
-def dropout_mask(shape: list[int], p: float, dtype: torch.dtype) -> torch.Tensor:
+def dropout_mask(shape: typing.Sequence[int], p: float, dtype: torch.dtype) -> torch.Tensor:
     """A CPU tensor of `shape`: 0 with probability p, else 1 / (1 - p) (in `dtype`'s precision).
 
     A custom operator, so that under torch.compile the mask is drawn here, as in eager mode, and inductor compiles

@@ -19,8 +19,9 @@ CPU = torch.device('cpu')
 
 
 def fake_cpu(monkeypatch, amx=False, avx512_bf16=False):
-    monkeypatch.setattr(torch.cpu, '_is_amx_tile_supported', lambda: amx)
-    monkeypatch.setattr(torch.cpu, '_is_avx512_bf16_supported', lambda: avx512_bf16)
+    # raising=False: torch 2.4 has neither probe (then the fakes add them)
+    monkeypatch.setattr(torch.cpu, '_is_amx_tile_supported', lambda: amx, raising=False)
+    monkeypatch.setattr(torch.cpu, '_is_avx512_bf16_supported', lambda: avx512_bf16, raising=False)
 
 
 @pytest.mark.parametrize('amx, avx512_bf16, expected', [(False, False, 'fp32'), (False, True, 'bf16'),
@@ -32,7 +33,7 @@ def test_auto_is_bf16_on_cpus_with_amx_or_avx512_bf16_and_fp32_on_others(monkeyp
 
 
 def test_auto_is_fp32_when_torch_cannot_tell(monkeypatch):
-    monkeypatch.delattr(torch.cpu, '_is_amx_tile_supported')          # an older or newer torch without the probe
+    monkeypatch.delattr(torch.cpu, '_is_amx_tile_supported', raising=False)  # a torch without the probe (2.4)
     assert pick_precision('auto', CPU) == 'fp32'
 
 

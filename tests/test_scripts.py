@@ -29,6 +29,18 @@ def test_scripts_are_what_nbconvert_makes_of_their_notebooks(tmp_path):
     assert 'plot_history' not in (tmp_path / 'pretrain.py').read_text()        # notebook-only cells stay out
 
 
+def test_notebooks_are_stored_as_nbstripout_leaves_them(tmp_path):
+    """`make notebooks` keeps outputs and strips the metadata that changes on every run: nbstripout (the version
+    installed) leaves the committed notebooks byte for byte as they are."""
+    notebooks = sorted(ROOT.glob('*.ipynb'))
+    for notebook in notebooks: shutil.copy(notebook, tmp_path)
+    res = subprocess.run([sys.executable, '-m', 'nbstripout', '--keep-output', *sorted(tmp_path.glob('*.ipynb'))],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    for notebook in notebooks:
+        assert (tmp_path / notebook.name).read_bytes() == notebook.read_bytes(), f'{notebook.name}: `make notebooks`'
+
+
 @pytest.mark.slow
 def test_help_lists_every_field_with_default_and_meaning():
     res = run(['pretrain.py', '--help'])
