@@ -25,12 +25,30 @@ def free_port():
         return s.getsockname()[1]
 
 
-def torchrun(out, *args):
+def launch(cmd, timeout=600):
+    """Run a launcher (torchrun, accelerate) and its ranks in a process group of their own. Past `timeout` every
+    process of the group gets SIGABRT, which makes each one print where it was (PYTHONFAULTHANDLER), and the test
+    fails with those stacks; then the group is killed, so that no rank outlives the test."""
     env = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONFAULTHANDLER': '1'}  # a crashing rank shows where
-    res = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2',
-                          '--master_addr', '127.0.0.1', '--master_port', str(free_port()),
-                          str(ROOT / 'tests' / 'ddp_worker.py'), str(out), *args],
-                         cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGABRT)
+        try: stdout, stderr = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired: stdout, stderr = '', ''
+        pytest.fail(f'{cmd[2]} did not end within {timeout} s; where each process was:\n{stderr[-8000:]}')
+    finally:
+        try: os.killpg(proc.pid, signal.SIGKILL)   # ranks left behind by a launcher that ended
+        except ProcessLookupError: pass
+    return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
+
+
+def torchrun(out, *args):
+    res = launch([sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2',
+                  '--master_addr', '127.0.0.1', '--master_port', str(free_port()),
+                  str(ROOT / 'tests' / 'ddp_worker.py'), str(out), *args])
     assert res.returncode == 0, res.stderr[-3000:]
 
 
@@ -75,17 +93,15 @@ def test_a_nonfinite_loss_on_one_rank_stops_both_at_the_same_step_before_the_upd
 
 def test_the_readme_accelerate_command_runs_pretrain_py_in_two_processes(tmp_path):
     pytest.importorskip('accelerate')
-    env = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONFAULTHANDLER': '1'}  # a crashing rank shows where
     # An empty data cache, as on a fresh clone: one process builds it while the other waits for the lock, before the
     # process group starts (both building it at once, or one building it while gloo ran, crashed a rank at times)
-    res = subprocess.run([sys.executable, '-m', 'accelerate.commands.launch', '--multi_gpu', '--num_processes', '2',
-                          '--num_machines', '1', '--mixed_precision', 'no', '--dynamo_backend', 'no',
-                          '--main_process_port', str(free_port()),
-                          'pretrain.py', '--size', 'tiny', '--compile', 'none', '--max_steps', '2',
-                          '--batch_size', '4', '--logger', 'csv',
-                          '--checkpoint_dir', str(tmp_path / 'ck'), '--log_dir', str(tmp_path / 'logs'),
-                          '--data_cache', str(tmp_path / 'cache')],
-                         cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+    res = launch([sys.executable, '-m', 'accelerate.commands.launch', '--multi_gpu', '--num_processes', '2',
+                  '--num_machines', '1', '--mixed_precision', 'no', '--dynamo_backend', 'no',
+                  '--main_process_port', str(free_port()),
+                  'pretrain.py', '--size', 'tiny', '--compile', 'none', '--max_steps', '2',
+                  '--batch_size', '4', '--logger', 'csv',
+                  '--checkpoint_dir', str(tmp_path / 'ck'), '--log_dir', str(tmp_path / 'logs'),
+                  '--data_cache', str(tmp_path / 'cache')])
     assert res.returncode == 0, res.stderr[-3000:]
     # The README's command leaves --precision at auto: bf16 on CPUs with AVX512-BF16 or AMX, else fp32
     # (tests/test_precision.py checks that choice both ways)
