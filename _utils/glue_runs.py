@@ -195,7 +195,9 @@ class TaskResult:
 
 class EpochLine:
     """One printed line per run, growing as its evaluations end: 'CoLA run 1/3 (seed 0), mcc by epoch: 9.61 -9.00 1.41;
-    train loss 0.6587, 0.9 s' (the last evaluation's other metrics in brackets; with `best`, the best one's score)."""
+    train loss 0.6587, 0.9 s'. The run's evaluation (the last; with `best`, the best, named with its epoch) gives the
+    other metrics in brackets: 'STS-B ..., spearman by 1/2 epoch: 22.01 31.32 30.38; best 31.32 at epoch 1 (pearson
+    29.8); ...'."""
 
     def __init__(self, head, main_metric, verbose=True, best=False):
         self.head, self.main_metric, self.verbose, self.best, self.rows = head, main_metric, verbose, best, []
@@ -206,11 +208,10 @@ class EpochLine:
 
     def end(self):
         if not (self.verbose and self.rows): return
-        last = self.rows[-1]
-        others = ', '.join(f'{k} {last[k]:.1f}' for k in METRIC_COLUMNS if k in last and k != self.main_metric)
-        best = best_row(self.rows)
-        chosen = f"; best {best['score']:.2f} at epoch {best['epoch']:g}" if self.best else ''
-        print(f"{' (' + others + ')' if others else ''}{chosen}; train loss {last['train_loss']:.4f}, "
+        last, run = self.rows[-1], best_row(self.rows) if self.best else self.rows[-1]
+        others = ', '.join(f'{k} {run[k]:.1f}' for k in METRIC_COLUMNS if k in run and k != self.main_metric)
+        chosen = f"; best {run['score']:.2f} at epoch {run['epoch']:g}" if self.best else ''
+        print(f"{chosen}{' (' + others + ')' if others else ''}; train loss {last['train_loss']:.4f}, "
               f"{sum(r['seconds'] for r in self.rows):.1f} s", flush=True)
 
 

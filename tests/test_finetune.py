@@ -338,6 +338,18 @@ def test_two_evaluations_per_epoch_and_the_best_is_the_runs_score_with_its_weigh
     assert runs.read_runs(runs_log.path)[0].score == rows.score.iloc[-1]           # the paper's: the last
 
 
+def test_the_printed_line_gives_the_runs_evaluation_the_best_with_its_epoch_and_metrics(capsys):
+    rows = [dict(epoch=e, train_loss=0.5, spearman=s, pearson=p, score=s, seconds=1.0)
+            for e, s, p in [(0.5, 22.0, 20.3), (1, 31.3, 29.8), (1.5, 30.4, 33.0)]]
+    for best in (True, False):
+        line = runs.EpochLine('STS-B run 1/1 (seed 0), spearman by 1/2 epoch:', 'spearman', best=best)
+        for row in rows: line.add(row)
+        line.end()
+    best_line, last_line = capsys.readouterr().out.splitlines()
+    assert best_line.endswith('22.00 31.30 30.40; best 31.30 at epoch 1 (pearson 29.8); train loss 0.5000, 3.0 s')
+    assert last_line.endswith('22.00 31.30 30.40 (pearson 33.0); train loss 0.5000, 3.0 s')
+
+
 def test_a_runs_best_evaluation_is_the_earliest_of_equals_and_never_nan():
     run = lambda *scores, rule='best': ft.RunResult('CoLA', 0, 0, [epoch_row(e + 1, s) for e, s in
                                                                    enumerate(scores)], run_score=rule)
