@@ -154,7 +154,7 @@ class DevEvaluation(Callback):
         self.history, self.best_state = [], None
 
     def before_epoch(self):
-        # the batches after which to evaluate, the epoch's end being the last: n_iter * j / per_epoch, rounded
+        # the batches after which to evaluate (the epoch's end is the last): n_batches * j / per_epoch, rounded
         n_batches = len(self.learn.dls.train)
         self.at = {max(1, round(n_batches * j / self.per_epoch)): j for j in range(1, self.per_epoch)}
         self._start_interval()
