@@ -31,7 +31,7 @@ from _utils.objectives import OBJECTIVES, objectives_help
 from _utils.positions import POSITIONS
 from _utils.pretraining import (COMPILE_MODES, build_electra, describe_models, last_batch_auc, pick_compile,
                                 pretraining_learner, split_held_out, step_dataloader)
-from _utils.text import load_tokenizer, pretraining_examples, train_tokenizer
+from _utils.text import OVERFLOW, load_tokenizer, pretraining_examples, train_tokenizer
 
 
 # ## 1. Configuration
@@ -84,6 +84,10 @@ class Training(Model):
     max_steps: int = option(1_000_000, 'optimizer steps to train for', valid=POSITIVE)
     batch_size: int = option(128, 'global batch size (split across processes)', valid=POSITIVE)
     max_length: int = option(128, 'tokens per example', valid=within(8, 512, why=' (the model has 512 positions)'))
+    overflow: str = option('drop', "a text line running past an example's end: 'drop' its rest (the official "
+                           "builder) or 'carry' it into the next example (no text lost; with the CPU recipe the "
+                           "generator learned faster, the discriminator far slower: bench/RESULTS.md)",
+                           choices=list(OVERFLOW))
     lr: float = option(5e-4, 'peak learning rate', valid=POSITIVE)
     warmup_steps: int = option(10_000, 'linear warmup steps (warmup multiplies the linear decay)', valid=NOT_NEGATIVE)
     mask_prob: float = option(MASK_PROB, 'fraction of tokens masked (0.25 for Large)', valid=within(0, 1, '()'))
@@ -112,8 +116,8 @@ class Training(Model):
         'none': dict(),
     }
     PAPER_PRESET = 'paper-small'  # the printed config marks the recipe's fields that differ from it
-    RECIPE_FIELDS = ('size', 'tokenizer', 'vocab_size', 'max_steps', 'batch_size', 'max_length', 'lr', 'warmup_steps',
-                     'mask_prob', 'weight_decay', 'adam_eps', 'clip', 'dropout', 'generator_weight',
+    RECIPE_FIELDS = ('size', 'tokenizer', 'vocab_size', 'max_steps', 'batch_size', 'max_length', 'overflow', 'lr',
+                     'warmup_steps', 'mask_prob', 'weight_decay', 'adam_eps', 'clip', 'dropout', 'generator_weight',
                      'discriminator_weight', 'objective', 'position')
 
 
@@ -186,7 +190,8 @@ if int(os.environ.get("RANK", 0)) == 0: print(cfg)
 
 # ## 2. Data: corpus → tokens → packed examples
 # Lines are tokenized and packed the way the official builder does (RECIPE.md, "Pretraining data"): examples
-# never cross documents, 10% hold one segment only, 5% get a shorter random target length. The result is cached
+# never cross documents, 10% hold one segment only, 5% get a shorter random target length; a line that runs past the
+# example's end loses its rest (or with `--overflow carry` starts the next one). The result is cached
 # under `datasets/cache/`, keyed by corpus, tokenizer and length. With `--tokenizer train`, a WordPiece vocabulary of
 # `--vocab_size` tokens is first trained on the corpus (once: it is cached in `datasets/cache/tokenizers/`) and saved
 # in the run's log folder; a resumed run takes its vocabulary from the checkpoint.
@@ -216,7 +221,7 @@ with one_process_at_a_time(project_path(cfg.data_cache) / '.build.lock', world_s
         tokenizer.save_pretrained(str(log_dir / 'tokenizer'))
         say(f'Tokenizer: {len(tokenizer):,} WordPiece tokens trained on {cfg.corpus}, saved in '
               f'{log_dir / "tokenizer"}')
-    examples = pretraining_examples(cfg.corpus, tokenizer, cfg.max_length, seed=cfg.seed,
+    examples = pretraining_examples(cfg.corpus, tokenizer, cfg.max_length, seed=cfg.seed, overflow=cfg.overflow,
                                     num_proc=cfg.num_proc or None, cache_root=project_path(cfg.data_cache))
 held_out, examples = split_held_out(examples, cfg.held_out)  # the corpus's last examples: never trained on
 print(f'{len(examples):,} examples of up to {cfg.max_length} tokens (+ {len(held_out):,} held out); vocabulary '

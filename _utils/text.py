@@ -32,6 +32,7 @@ BUNDLED_CORPUS = DATASETS_DIR / 'wiki_sample'
 # (2: literal special-token strings in the text are split like other text; 3: documents over MAX_DOCUMENT_CHARS
 # are cut into parts)
 BUILDER_VERSION = 3
+OVERFLOW = ('drop', 'carry')  # what the example builder does with a line past the example's end
 # A longer document (a file with no blank lines, say) is cut at line ends into parts of about this many characters,
 # so that reading and packing it takes bounded memory; examples never cross a cut, as they never cross documents
 MAX_DOCUMENT_CHARS = 1_000_000
@@ -103,23 +104,38 @@ def looks_like_path(s):
 class ExampleBuilder:
     """Packs the tokenized lines of documents into examples of at most `max_length` tokens, as the official code.
 
-    Lines accumulate until their running length reaches the target length; the line that crosses is kept whole
-    (then trimmed); examples never cross documents. With probability 0.05 the *next* example's target length is
-    uniform in [5, max_length].
+    Lines accumulate until their running length reaches the target length; examples never cross documents. With
+    probability 0.05 the *next* example's target length is uniform in [5, max_length]. `overflow` says what becomes
+    of the line that crosses the target: 'drop' (the official code) keeps it whole, and the example's trim drops
+    its tokens past the end (at 64 tokens, over half of a Wikipedia text, whose lines are paragraphs); 'carry'
+    splits it where the example is full and starts the next example with the rest, so no text is lost (a small
+    corpus goes twice as far).
     """
 
-    def __init__(self, max_length, cls_id, sep_id, rng, single_segment_prob=0.1, short_length_prob=0.05):
+    def __init__(self, max_length, cls_id, sep_id, rng, single_segment_prob=0.1, short_length_prob=0.05,
+                 overflow='drop'):
+        if overflow not in OVERFLOW: raise ValueError(f"overflow must be one of {OVERFLOW}, not {overflow!r}")
         self.max_length, self.cls_id, self.sep_id, self.rng = max_length, cls_id, sep_id, rng
         self.single_segment_prob, self.short_length_prob = single_segment_prob, short_length_prob
+        self.overflow = overflow
         self.target_length = max_length
         self.lines, self.length = [], 0
 
     def add_line(self, ids):
-        """Add one tokenized line; returns a finished example (list of ids) or None."""
-        if not ids: return None
-        self.lines.append(ids)
-        self.length += len(ids)
-        return self.create_example() if self.length >= self.target_length else None
+        """Add one tokenized line; returns the examples it finishes (a list: with 'drop', of at most one)."""
+        if self.overflow == 'drop':
+            if not ids: return []
+            self.lines.append(ids)
+            self.length += len(ids)
+            return [self.create_example()] if self.length >= self.target_length else []
+        finished = []
+        while ids:  # 'carry': fill the example to its target (less [CLS] and two [SEP]s), then go on with the rest
+            room = self.target_length - 3 - self.length
+            self.lines.append(ids[:room])
+            self.length += len(self.lines[-1])
+            ids = ids[room:]
+            if self.length >= self.target_length - 3: finished.append(self.create_example())
+        return finished
 
     def end_document(self):
         """The document's tail becomes its own (possibly short) example."""
@@ -152,21 +168,20 @@ class ExampleBuilder:
         return ids, types
 
 
-def build_examples(documents, tokenizer, max_length, rng):
-    """Documents (lists of text lines) -> list of (input_ids, token_type_ids), the official way."""
-    return list(iter_examples(documents, tokenizer, max_length, rng))
+def build_examples(documents, tokenizer, max_length, rng, overflow='drop'):
+    """Documents (lists of text lines) -> list of (input_ids, token_type_ids), the official way (with 'drop')."""
+    return list(iter_examples(documents, tokenizer, max_length, rng, overflow))
 
 
-def iter_examples(documents, tokenizer, max_length, rng):
+def iter_examples(documents, tokenizer, max_length, rng, overflow='drop'):
     """`build_examples` one example at a time, so that the examples of many long documents are never all held as
     lists of Python ints (about 40 bytes a token, where the padded arrays take 5)."""
-    builder = ExampleBuilder(max_length, tokenizer.cls_token_id, tokenizer.sep_token_id, rng)
+    builder = ExampleBuilder(max_length, tokenizer.cls_token_id, tokenizer.sep_token_id, rng, overflow=overflow)
     for lines in documents:
         lines = [l.strip() for l in lines if l.strip()]
         if not lines: continue
         for ids in text_to_ids(tokenizer, lines):
-            ex = builder.add_line(ids)
-            if ex: yield ex
+            yield from builder.add_line(ids)
         ex = builder.end_document()
         if ex: yield ex
 
@@ -274,26 +289,28 @@ def read_documents(files, corpus_key=None, chunk_chars=1 << 16):
 BATCH_DOCUMENTS = 64  # documents packed together with one RNG (a `datasets.map` batch)
 
 
-def _build_batch(batch, indices, tokenizer, max_length, seed):
+def _build_batch(batch, indices, tokenizer, max_length, seed, overflow):
     # One RNG per batch of documents, seeded by its first index; batches are the same with any num_proc (see below)
     rng = random.Random(seed * 1_000_003 + indices[0])
     documents = (doc.split('\n') for doc in batch['text'])
-    ids, types = pad_examples(iter_examples(documents, tokenizer, max_length, rng), max_length, tokenizer.pad_token_id)
+    ids, types = pad_examples(iter_examples(documents, tokenizer, max_length, rng, overflow), max_length,
+                              tokenizer.pad_token_id)
     return {'input_ids': ids, 'token_type_ids': types}
 
 
 def pretraining_examples(corpus, tokenizer, max_length, seed=0, num_proc=None, cache_root=DATASETS_DIR / 'cache',
-                         verbose=True):
+                         verbose=True, overflow='drop'):
     """Packed pretraining examples for (corpus, tokenizer, max_length), built once and cached on disk.
 
     Returns a `datasets.Dataset` with 'input_ids' (int32) and 'token_type_ids' (int8), each (max_length,),
-    formatted as torch tensors. The cache key holds the corpus, the tokenizer's fingerprint, max_length, the seed
-    and the builder's version, so a changed tokenizer can never reuse stale ids.
+    formatted as torch tensors. The cache key holds the corpus, the tokenizer's fingerprint, max_length, the seed,
+    the builder's version and `overflow` (`ExampleBuilder`), so a changed tokenizer can never reuse stale ids.
     """
     datasets = hf_datasets()
     kind, source = resolve_corpus(corpus)
     key = dict(corpus=corpus_fingerprint(kind, source), tokenizer=tokenizer_fingerprint(tokenizer),
                max_length=max_length, seed=seed, builder=BUILDER_VERSION)
+    if overflow != 'drop': key['overflow'] = overflow  # so the caches built before the option keep their key
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     cache_dir = Path(cache_root) / f"{slug(corpus_name(corpus, kind))}-L{max_length}-{digest}"
     remove_abandoned_builds(Path(cache_root))
@@ -319,7 +336,7 @@ def pretraining_examples(corpus, tokenizer, max_length, seed=0, num_proc=None, c
                             num_proc=num_proc if num_proc > 1 else None,
                             remove_columns=docs.column_names, features=features, load_from_cache_file=False,
                             cache_file_name=str(work / 'packed.arrow'),
-                            fn_kwargs=dict(tokenizer=tokenizer, max_length=max_length, seed=seed),
+                            fn_kwargs=dict(tokenizer=tokenizer, max_length=max_length, seed=seed, overflow=overflow),
                             desc='Tokenizing and packing')
         if len(examples) == 0:
             raise UserError(f"corpus '{corpus}' holds no usable text; give files with one sentence or paragraph per "

@@ -37,8 +37,7 @@ def feed(builder, lines_per_doc, n_docs, line):
     examples = []
     for _ in range(n_docs):
         for _ in range(lines_per_doc):
-            ex = builder.add_line(line())
-            if ex: examples.append(ex)
+            examples += builder.add_line(line())
         ex = builder.end_document()
         if ex: examples.append(ex)
     return examples
@@ -129,7 +128,7 @@ def test_crossing_line_is_kept_then_trimmed_and_overflow_discarded():
     # is cut (A + B trimmed to 128 - 3) and *not* carried over: the next example starts with the 14th line.
     builder = ExampleBuilder(128, CLS, SEP, random.Random(0), single_segment_prob=0.0, short_length_prob=0.0)
     lines = [list(range(1000 + 10 * k, 1010 + 10 * k)) for k in range(26)]
-    examples = [ex for ex in map(builder.add_line, lines) if ex]
+    examples = [ex for line in lines for ex in builder.add_line(line)]
     assert len(examples) == 2
     (ids0, types0), (ids1, types1) = examples
     assert len(ids0) == 128
@@ -139,9 +138,51 @@ def test_crossing_line_is_kept_then_trimmed_and_overflow_discarded():
     assert (a1 + b1)[0] == lines[13][0]
 
 
+def test_carry_splits_the_crossing_line_and_starts_the_next_example_with_its_rest():
+    # The same 26 lines of 10 tokens with overflow='carry': every example's body is 128 - 3 = 125 tokens of the text
+    # in order, the crossing line split where the example is full; the tail is the document's last example.
+    builder = ExampleBuilder(128, CLS, SEP, random.Random(0), single_segment_prob=0.0, short_length_prob=0.0,
+                             overflow='carry')
+    lines = [list(range(1000 + 10 * k, 1010 + 10 * k)) for k in range(26)]
+    examples = [ex for line in lines for ex in builder.add_line(line)] + [builder.end_document()]
+    bodies = [a + b for a, b in (segments(ids, types) for ids, types in examples)]
+    assert [len(b) for b in bodies] == [125, 125, 10]
+    assert sum(bodies, []) == [t for line in lines for t in line]          # every token once, in order
+
+
+def test_carry_cuts_a_line_longer_than_several_examples_and_loses_nothing(tokenizer, word_pools):
+    rng = random.Random(4)
+    documents = [[' '.join(rng.choices(word_pools[2], k=rng.choice([3, 20, 200, 400]))) for _ in range(6)]
+                 for _ in range(10)]
+    examples = build_examples(documents, tokenizer, 48, random.Random(0), overflow='carry')
+    dropped = build_examples(documents, tokenizer, 48, random.Random(0))
+    text = sum(len(ids) for doc in documents for ids in tokenizer(doc, add_special_tokens=False)['input_ids'])
+    body = lambda exs: sum(t not in (CLS, SEP) for ids, _ in exs for t in ids)
+    assert body(examples) == text > body(dropped)
+    assert max(len(ids) for ids, _ in examples) == 48
+    for ids, types in examples:
+        n_a = types.count(0)
+        assert ids[0] == CLS and ids[n_a - 1] == SEP and ids[-1] == SEP and len(ids) == len(types)
+
+
+def test_carry_fills_each_example_to_its_target_length_short_targets_included():
+    # Documents of 20 lines of 50 tokens, max_length 64: each example's body is its target less [CLS] and two [SEP]s
+    body = lambda ids: sum(t != CLS and t != SEP for t in ids)
+    full = ExampleBuilder(64, CLS, SEP, random.Random(0), short_length_prob=0.0, overflow='carry')
+    assert [body(ids) for ids, _ in feed(full, 20, 5, lambda: [2000] * 50)] == ([61] * 16 + [24]) * 5
+    short = ExampleBuilder(64, CLS, SEP, random.Random(0), short_length_prob=1.0, overflow='carry')
+    bodies = [body(ids) for ids, _ in feed(short, 20, 5, lambda: [2000] * 50)]
+    assert bodies[0] == 61 and sum(bodies) == 5 * 1000 and len(set(bodies)) > 10   # random targets, nothing lost
+
+
+def test_unknown_overflow_is_refused():
+    with pytest.raises(ValueError, match='overflow'):
+        ExampleBuilder(64, CLS, SEP, random.Random(0), overflow='wrap')
+
+
 def test_tail_of_a_document_is_its_own_short_example():
     builder = ExampleBuilder(128, CLS, SEP, random.Random(0))
-    assert builder.add_line([2000] * 10) is None and builder.add_line([2001] * 10) is None
+    assert builder.add_line([2000] * 10) == [] and builder.add_line([2001] * 10) == []
     ids, types = builder.end_document()
     assert sorted(set(ids) - {CLS, SEP}) == [2000, 2001] and len(ids) <= 23
 
@@ -229,6 +270,22 @@ def test_changed_tokenizer_gets_its_own_cache_and_never_reuses_ids(tokenizer, hf
     assert int(column(bert, 'input_ids').max()) > 1000
     text = ' '.join(other_tok.decode(row, skip_special_tokens=True) for row in column(other, 'input_ids'))
     assert 'apple fell from the tree' in text and '[UNK]' not in text
+
+
+def test_carry_gets_its_own_cache_and_keeps_the_text_the_official_builder_drops(tokenizer, hf_home, tmp_path):
+    # At 8 tokens a line of 6-7 words crosses the target: the official builder drops its rest, `carry` keeps it all
+    corpus, cache = write_corpus(tmp_path / 'corpus.txt'), tmp_path / 'cache'
+    dropped = pretraining_examples(str(corpus), tokenizer, 8, num_proc=1, cache_root=cache, verbose=False)
+    carried = pretraining_examples(str(corpus), tokenizer, 8, num_proc=1, cache_root=cache, verbose=False,
+                                   overflow='carry')
+    assert len([d for d in cache.iterdir() if d.is_dir()]) == 2
+    body = lambda ds: [t for row in column(ds, 'input_ids').tolist() for t in row if t not in (0, CLS, SEP)]
+    lines = [line for line in corpus.read_text().splitlines() if line]
+    text = [t for ids in tokenizer(lines, add_special_tokens=False)['input_ids'] for t in ids]
+    assert body(carried) == text and len(body(dropped)) < len(text)
+    again = pretraining_examples(str(corpus), tokenizer, 8, num_proc=1, cache_root=cache, verbose=False,
+                                 overflow='carry')
+    assert torch.equal(column(again, 'input_ids'), column(carried, 'input_ids'))
 
 
 def test_same_tokenizer_and_corpus_reuse_the_cache(tokenizer, hf_home, tmp_path):
