@@ -94,8 +94,9 @@ COMPILE_MODES = ('auto', 'none', 'default', 'reduce-overhead', 'max-autotune-no-
 def pick_compile(mode, device, world_size=1):
     """'auto': on one CUDA GPU 'reduce-overhead' (compiled kernels replayed as CUDA graphs: ELECTRA-Small's
     kernels are so short that launching them one by one costs more than running them); with several GPUs
-    'default' (DDP's gradient hooks don't go into CUDA graphs); on CPUs none (compiling takes a minute or more
-    there, and the compiled step measured no faster: bench/RESULTS.md)."""
+    'default' (DDP's gradient hooks don't go into CUDA graphs); on CPUs none: compiling takes 20 s to a minute or
+    more there, which only a long run wins back (the CPU recipe asks for 'default': its 64 x 64 tiny step ran
+    1.2-1.3x faster compiled, bench/RESULTS.md)."""
     if mode == 'auto':
         if device.type != 'cuda': return 'none'
         return 'reduce-overhead' if world_size == 1 else 'default'

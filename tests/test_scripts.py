@@ -56,12 +56,12 @@ def test_help_lists_every_field_with_default_and_meaning():
 def test_the_demo_is_the_cpu_recipe_on_the_bundled_corpus_and_says_where_it_departs_from_the_paper():
     """The CPU recipe (bench/RESULTS.md, "A CPU recipe"): ELECTRA's objective, tiny, rope, a WordPiece vocabulary of
     8,192 trained on the corpus, 64 x 64 tokens, 25% masked, lr 2e-3 after 300 warmup steps, no dropout, 4,000
-    steps; the paper's presets stay the paper's."""
+    steps, the step compiled; the paper's presets stay the paper's."""
     res = run(['pretrain.py', '--help'])
     presets = {line.split()[0]: line.split(None, 1)[1] for line in res.stdout.split('presets (')[1].splitlines()[1:]
                if line.startswith('  ') and len(line.split()) > 1}
     cpu = ('size=tiny, position=rope, tokenizer=train, vocab_size=8192, batch_size=64, max_length=64, mask_prob=0.25, '
-           'lr=0.002, warmup_steps=300, dropout=0.0, max_steps=4000')
+           'lr=0.002, warmup_steps=300, dropout=0.0, max_steps=4000, compile=default')
     assert presets['cpu'] == cpu and presets['demo'] == cpu + ', corpus=bundled'
     assert 'objective' not in cpu and presets['paper-small'] == ('size=small, corpus=Skylion007/openwebtext, '
                                                                  'max_steps=1000000, batch_size=128, max_length=128, '
