@@ -1,12 +1,14 @@
 """A pretraining run: the ELECTRA model at a size, batches for a number of steps, compilation, its Learner, and
 whether it learned."""
+import warnings
+
 import torch
 from fastai.callback.core import Callback
 
 from .callbacks import DataParallel, StepProgress
 from .electra import (ELECTRA, MASK_PROB, ElectraLoss, build_models, count_parameters, max_predictions_for,
                       pair_from_function, step_metrics)
-from .errors import UserError
+from .errors import UserError, first_line
 from .learner import build_learner
 from .objectives import DEFAULT_OBJECTIVE
 from .optim import make_optimizer
@@ -100,7 +102,21 @@ def pick_compile(mode, device, world_size=1):
     if mode == 'auto':
         if device.type != 'cuda': return 'none'
         return 'reduce-overhead' if world_size == 1 else 'default'
+    if mode != 'none' and device.type == 'cpu' and (missing := missing_cpp_compiler()):
+        warnings.warn(f'--compile {mode}: torch.compile needs a C++ compiler on CPUs ({missing}); the step runs '
+                      'eagerly (install g++ or clang to compile it, or give --compile none)', stacklevel=2)
+        return 'none'
     return mode
+
+
+def missing_cpp_compiler():
+    """Why inductor cannot build CPU kernels here (its own check: no working C++ compiler), or '' if it can. Asked
+    before compiling, so that a machine without one runs eagerly with one line said, not pages of compile errors."""
+    try: from torch._inductor.cpp_builder import get_cpp_compiler
+    except ImportError: return ''  # an older torch: compiling is tried, and falls back (suppress_errors) if it fails
+    try: get_cpp_compiler()
+    except Exception as e: return first_line(e)
+    return ''
 
 
 class Compiled:

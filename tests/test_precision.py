@@ -77,3 +77,27 @@ def test_pretrain_py_prints_and_trains_in_the_precision_auto_picks(tmp_path, has
     rows = list(csv.DictReader((tmp_path / 'logs' / 'auto_seed0' / 'metrics.csv').open()))
     assert [int(r['step']) for r in rows] == [1, 2] and all(0 < float(r['mlm_loss']) < 20 for r in rows)
     assert (tmp_path / 'ck' / 'auto_seed0_100pct.pth').exists()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The compile mode (`pick_compile`): on a CPU without a C++ compiler, eager with one warning
+# ---------------------------------------------------------------------------------------------------------------
+def test_auto_compiles_on_gpus_only_and_a_mode_asked_for_is_kept():
+    from _utils.pretraining import pick_compile
+    assert pick_compile('auto', torch.device('cpu')) == 'none'
+    assert pick_compile('auto', torch.device('cuda')) == 'reduce-overhead'
+    assert pick_compile('auto', torch.device('cuda'), world_size=2) == 'default'
+    assert pick_compile('none', torch.device('cpu')) == 'none'
+
+
+def test_a_cpu_without_a_cpp_compiler_runs_eagerly_saying_so_in_one_warning(monkeypatch):
+    import torch._inductor.config as inductor
+    from _utils.pretraining import missing_cpp_compiler, pick_compile
+    if missing_cpp_compiler(): pytest.skip('this machine has no C++ compiler to take away')
+    assert pick_compile('default', torch.device('cpu')) == 'default'
+    monkeypatch.setattr(inductor.cpp, 'cxx', (None, '/nonexistent/g++'))          # inductor's own setting
+    assert 'No working C++ compiler' in missing_cpp_compiler()
+    with pytest.warns(UserWarning, match=r'needs a C\+\+ compiler.*runs eagerly.*--compile none') as caught:
+        assert pick_compile('default', torch.device('cpu')) == 'none'
+    assert len(caught) == 1
+    assert pick_compile('default', torch.device('cuda')) == 'default'                # GPUs compile with Triton
