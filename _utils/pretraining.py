@@ -1,5 +1,6 @@
 """A pretraining run: the ELECTRA model at a size, batches for a number of steps, compilation, its Learner, and
 whether it learned."""
+import logging
 import warnings
 
 import torch
@@ -106,7 +107,20 @@ def pick_compile(mode, device, world_size=1):
         warnings.warn(f'--compile {mode}: torch.compile needs a C++ compiler on CPUs ({missing}); the step runs '
                       'eagerly (install g++ or clang to compile it, or give --compile none)', stacklevel=2)
         return 'none'
+    if mode != 'none' and device.type == 'cpu': _quiet_cuda_home_notice()
     return mode
+
+
+def _quiet_cuda_home_notice():
+    """Inductor's CPU build imports torch.utils.cpp_extension, which logs 'No CUDA runtime is found, using
+    CUDA_HOME=...' on a machine with a CUDA toolkit folder but no GPU: noise in a CPU run's output. Only that
+    notice is dropped; the logger's other messages pass."""
+    log = logging.getLogger('torch.utils.cpp_extension')
+    if not any(isinstance(f, _NoCudaRuntimeNotice) for f in log.filters): log.addFilter(_NoCudaRuntimeNotice())
+
+
+class _NoCudaRuntimeNotice(logging.Filter):
+    def filter(self, record): return not record.getMessage().startswith('No CUDA runtime is found')
 
 
 def missing_cpp_compiler():

@@ -101,3 +101,21 @@ def test_a_cpu_without_a_cpp_compiler_runs_eagerly_saying_so_in_one_warning(monk
         assert pick_compile('default', torch.device('cpu')) == 'none'
     assert len(caught) == 1
     assert pick_compile('default', torch.device('cuda')) == 'default'                # GPUs compile with Triton
+
+
+def test_compiling_on_a_cpu_drops_only_the_cuda_home_notice(monkeypatch):
+    """Inductor's CPU build logs 'No CUDA runtime is found, using CUDA_HOME=...' on a machine with a CUDA folder and
+    no GPU; a CPU run that compiles drops that notice and nothing else of that logger."""
+    import logging
+
+    import _utils.pretraining as pretraining
+    log = logging.getLogger('torch.utils.cpp_extension')
+    monkeypatch.setattr(log, 'filters', [])
+    monkeypatch.setattr(pretraining, 'missing_cpp_compiler', lambda: '')
+    record = lambda msg: logging.LogRecord(log.name, logging.WARNING, __file__, 1, msg, None, None)
+    notice, other = record("No CUDA runtime is found, using CUDA_HOME='/usr/local'"), record('another warning')
+    assert pretraining.pick_compile('none', torch.device('cpu')) == 'none' and log.filter(notice)  # not compiling
+    assert pretraining.pick_compile('default', torch.device('cpu')) == 'default'
+    assert not log.filter(notice) and log.filter(other)
+    pretraining.pick_compile('default', torch.device('cpu'))
+    assert len(log.filters) == 1                                                      # installed once
