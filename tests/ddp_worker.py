@@ -19,7 +19,7 @@ from _utils.electra import step_metrics  # noqa: E402
 from _utils.learner import init_distributed, seed_everything, seed_masking
 from _utils.loggers import MetricsLogger
 from _utils.pretraining import build_electra, pretraining_learner, step_dataloader
-from _utils.text import Batches, load_tokenizer  # noqa: E402
+from _utils.text import load_tokenizer  # noqa: E402
 from fastai.callback.core import Callback  # noqa: E402
 
 out = Path(sys.argv[1])

@@ -9,7 +9,7 @@ import torch
 
 from _utils.checkpoint import (export_huggingface, import_huggingface, load_checkpoint, make_checkpoint,
                                models_from_checkpoint)
-from _utils.electra import ELECTRA, pair_from_function
+from _utils.electra import pair_from_function
 from _utils.errors import UserError
 from _utils.glue_models import load_pretrained
 from _utils.pretraining import build_electra

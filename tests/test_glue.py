@@ -6,8 +6,6 @@ from pathlib import Path
 
 import datasets
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 import torch
 from _utils import classifier, glue, glue_data, glue_scores

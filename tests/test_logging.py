@@ -1,6 +1,5 @@
 """Logging: every backend gets the rows, and a failing logger never stops training."""
 import csv
-import os
 import sys
 
 import pytest

@@ -1,7 +1,6 @@
 """Pretraining data, as RECIPE.md states it ("Model sizes": the vocabulary; "Pretraining data": the example builder)."""
 import math
 import random
-from pathlib import Path
 
 import pytest
 import torch
