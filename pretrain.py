@@ -145,7 +145,7 @@ class MyConfig(Training):
     data_cache: str = option('datasets/cache', 'where tokenized, packed examples are cached (relative: from the '
                              'project folder)')
     resume: str = option('', "continue a run exactly: 'latest' (newest checkpoint in checkpoint_dir, of --run_name "
-                         "if given) or a checkpoint path; the run's own settings are used, command-line fields win. "
+                         "and --seed if given) or a checkpoint path; the run's own settings are used, command-line fields win. "
                          'Under torchrun --max-restarts, a restarted run continues from its newest checkpoint')
     save_every: int = option(1000, 'also save a rolling checkpoint every N steps (0: never); the newest keep_last stay')
     keep_last: int = option(2, 'how many rolling checkpoints to keep')
@@ -184,7 +184,8 @@ cfg.resume = cfg.resume or restart_point(project_path(cfg.checkpoint_dir), cfg.r
 resume_from = None
 if cfg.resume:  # the saved run's settings, plus whatever the command line sets
     resume_from = load_checkpoint(find_checkpoint(cfg.resume, project_path(cfg.checkpoint_dir),
-                                                  cfg.run_name if 'run_name' in cfg.given else None))
+                                                  cfg.run_name if 'run_name' in cfg.given else None,
+                                                  cfg.seed if 'seed' in cfg.given else None))
     cfg = MyConfig.from_saved(resume_from['config'], {**cfg.given, 'resume': cfg.resume})
     own_pair_named(resume_from, cfg.given.get('pair'))  # a pair of your own is rebuilt only when you name it again
 if int(os.environ.get("RANK", 0)) == 0: print(cfg)

@@ -256,10 +256,12 @@ def restart_point(directory, run_name, seed):
     return str(path)
 
 
-def find_checkpoint(spec, directory=CHECKPOINT_DIR, run_name=None):
-    """'latest' (the newest checkpoint in `directory`, of `run_name` if given) or a path."""
+def find_checkpoint(spec, directory=CHECKPOINT_DIR, run_name=None, seed=None):
+    """'latest' (the newest checkpoint in `directory`, of `run_name` and of `seed` where given) or a path. Checkpoints
+    are named `<run name>_seed<seed>_<step or fraction>.pth`, so runs of several seeds under one name share a folder."""
     if spec != 'latest': return Path(spec)
-    return newest_checkpoint(directory, f'{run_name}_seed*.pth' if run_name else '*.pth')
+    if run_name is None and seed is None: return newest_checkpoint(directory)
+    return newest_checkpoint(directory, f"{run_name or '*'}_seed{'*' if seed is None else seed}_*.pth")
 
 
 def load_weights(electra, ckpt, tokenizer=None):

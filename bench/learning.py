@@ -137,12 +137,15 @@ def pretraining_seeds(args, objective):
 
 def pretrain(args, objective, steps, out, seed=None):
     """Pretrain `objective` for `steps` (resuming a stopped run); {fraction: checkpoint path}."""
+    from _utils.checkpoint import newest_checkpoint
     seed = args.seed if seed is None else seed
     name = f'{objective}-{args.size}'
     ckpts = out / 'checkpoints'
     final = ckpts / f'{name}_seed{seed}_100pct.pth'
     if not final.exists():
-        resume = ['--resume', 'latest'] if list(ckpts.glob(f'{name}_seed{seed}_*.pth')) else []
+        # this seed's own newest checkpoint: pretrain.py's 'latest' is the newest of the run name, any seed
+        mine = f'{name}_seed{seed}_*.pth'
+        resume = ['--resume', newest_checkpoint(ckpts, mine)] if list(ckpts.glob(mine)) else []
         extra = [a for k in PRETRAIN_OPTIONS if getattr(args, k) is not None for a in (f'--{k}', getattr(args, k))]
         warmup = round(args.warmup_steps * steps / args.budget_steps)
         run([sys.executable, 'pretrain.py', '--preset', 'none', '--size', args.size, '--objective', objective,

@@ -111,3 +111,26 @@ def test_the_random_init_row_is_the_pretrained_rows_model_untrained(tokenizer, t
                            original['discriminator']['electra.encoder.layer.0.output.dense.weight'])
     assert load_pretrained(str(path)).electra.config.position == 'rope'
     assert learning.random_checkpoint(trained, tmp_path) == path  # made once, then reused
+
+
+def test_a_stopped_run_resumes_from_its_own_seeds_newest_checkpoint(tmp_path, monkeypatch):
+    """The study runs seeds one after another under one run name; a stopped seed 0 must resume from seed 0's
+    checkpoint even where seed 1's is newer (pretrain.py's 'latest' would take the newest of any seed)."""
+    import os
+
+    import torch
+    ckpts = tmp_path / 'checkpoints'
+    ckpts.mkdir()
+    for i, stem in enumerate(['electra-tiny_seed0_step500', 'electra-tiny_seed1_step1000']):
+        torch.save({'step': 1}, ckpts / f'{stem}.pth')
+        os.utime(ckpts / f'{stem}.pth', (1_000_000 + i, 1_000_000 + i))  # seed 1's is the newer
+    commands = []
+    monkeypatch.setattr(learning, 'run', lambda cmd, log: commands.append([str(c) for c in cmd]))
+    args = learning.parse_args(['--profile', 'cpu-hour', '--corpus', 'bundled', '--glue_dir', 'bundled'])
+    for seed, expected in [(0, 'electra-tiny_seed0_step500.pth'), (1, 'electra-tiny_seed1_step1000.pth')]:
+        learning.pretrain(args, 'electra', 100, tmp_path, seed)
+        cmd = commands[-1]
+        assert cmd[cmd.index('--seed') + 1] == str(seed)
+        assert Path(cmd[cmd.index('--resume') + 1]).name == expected
+    learning.pretrain(args, 'electra', 100, tmp_path, 2)                             # nothing of seed 2 yet
+    assert '--resume' not in commands[-1]

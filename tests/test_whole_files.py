@@ -106,6 +106,19 @@ def test_latest_falls_back_to_the_newest_whole_checkpoint_saying_so(tmp_path, ha
     assert find_checkpoint('latest', tmp_path, 'run') == older
 
 
+def test_latest_of_a_seed_is_that_seeds_newest_even_where_another_seed_saved_later(tmp_path):
+    """Seeds of one run name share the folder: `--resume latest --seed 0` must not continue seed 1's run."""
+    seed0, = save_steps(tmp_path, 500)
+    seed1 = atomic_save(fake_checkpoint(1000), tmp_path / 'run_seed1_step1000.pth')
+    os.utime(seed1, (2_000_000, 2_000_000))
+    assert find_checkpoint('latest', tmp_path, 'run') == seed1                     # no seed given: the newest
+    assert find_checkpoint('latest', tmp_path, 'run', seed=0) == seed0
+    assert find_checkpoint('latest', tmp_path, seed=0) == seed0                     # any run name, seed 0
+    assert find_checkpoint('latest', tmp_path, 'run', seed=1) == seed1
+    with pytest.raises(UserError, match='no checkpoint'):
+        find_checkpoint('latest', tmp_path, 'run', seed=2)
+
+
 def test_latest_says_nothing_when_the_newest_is_whole(tmp_path):
     *_, newest = save_steps(tmp_path, 500, 1000)
     said = []
