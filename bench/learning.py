@@ -143,7 +143,7 @@ def pretrain(args, objective, steps, out, seed=None):
     ckpts = out / 'checkpoints'
     final = ckpts / f'{name}_seed{seed}_100pct.pth'
     if not final.exists():
-        # this seed's own newest checkpoint: pretrain.py's 'latest' is the newest of the run name, any seed
+        # this seed's own newest checkpoint, by path (seeds of one run name share the checkpoint folder)
         mine = f'{name}_seed{seed}_*.pth'
         resume = ['--resume', newest_checkpoint(ckpts, mine)] if list(ckpts.glob(mine)) else []
         extra = [a for k in PRETRAIN_OPTIONS if getattr(args, k) is not None for a in (f'--{k}', getattr(args, k))]
