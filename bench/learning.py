@@ -345,10 +345,12 @@ def plot(table, path, subtitle):
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
-    for objective in dict.fromkeys(r['objective'] for r in table if r['objective'] != 'random init'):
+    fig, ax = plt.subplots(figsize=(8.5, 4.8))
+    objectives = list(dict.fromkeys(r['objective'] for r in table if r['objective'] != 'random init'))
+    width = max((r['flops'] for r in table), default=0) * 0.012  # each objective a little apart, so its bars show
+    for i, objective in enumerate(objectives):
         pts = sorted((r['flops'], r['score'], r['low'], r['high']) for r in table if r['objective'] == objective)
-        x, y = [p[0] for p in pts], [p[1] for p in pts]
+        x, y = [p[0] + (i - (len(objectives) - 1) / 2) * width for p in pts], [p[1] for p in pts]
         ax.errorbar(x, y, yerr=[[p[1] - p[2] for p in pts], [p[3] - p[1] for p in pts]], marker='o', capsize=3,
                     label=objective)
     for r in (r for r in table if r['objective'] == 'random init'):
@@ -357,7 +359,7 @@ def plot(table, path, subtitle):
     ax.set_xlabel('pretraining compute (training FLOPs)')
     ax.set_ylabel('GLUE dev score (mean of task medians)')
     ax.set_title(f'Score against pretraining compute, 95% bootstrap intervals\n{subtitle}', fontsize=10)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc='upper left', bbox_to_anchor=(1.01, 1))  # beside the axes: no bar hidden
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
