@@ -81,7 +81,8 @@ def parse_args(argv=None):
     p.add_argument('--seed', type=int, default=0, help='the first pretraining seed')
     p.add_argument('--pretrain_seeds', type=int, help='pretraining runs (seeds seed, seed+1, ...) of the objectives in '
                    '--seeded; the others get one (default 1)')
-    p.add_argument('--seeded', help='comma list of the objectives pretrained --pretrain_seeds times (default: none)')
+    p.add_argument('--seeded', help='comma list of the objectives pretrained --pretrain_seeds times, or N times for '
+                   'one given as objective:N, e.g. electra:3,mlm (default: none)')
     p.add_argument('--position', help="pretraining's --position (default: pretrain.py's)")
     p.add_argument('--tokenizer', help="pretraining's --tokenizer, e.g. 'train' (default: bundled)")
     p.add_argument('--vocab_size', type=int, help='with --tokenizer train: its size')
@@ -97,9 +98,16 @@ def parse_args(argv=None):
     args.corpus = args.corpus or (str(SHARED / 'corpus') if (SHARED / 'corpus').is_dir() else 'bundled')
     args.glue_dir = args.glue_dir or (str(SHARED / 'glue') if (SHARED / 'glue').is_dir() else 'bundled')
     args.objectives = [o.strip() for o in args.objectives.split(',') if o.strip()]
-    args.seeded = [o.strip() for o in args.seeded.split(',') if o.strip()]
     for o in args.objectives:
         if o not in OBJECTIVES: p.error(f"unknown objective '{o}'; objectives: {', '.join(OBJECTIVES)}")
+    seeded = {}  # objective: its number of pretraining runs
+    for entry in (e.strip() for e in args.seeded.split(',') if e.strip()):
+        name, _, count = entry.partition(':')
+        if name not in OBJECTIVES: p.error(f"--seeded: unknown objective '{name}'; objectives: {', '.join(OBJECTIVES)}")
+        if count and not (count.isdigit() and int(count) > 0):
+            p.error(f"--seeded: '{entry}' needs a number of runs, 1 or more, after the colon, e.g. {name}:3")
+        seeded[name] = int(count) if count else args.pretrain_seeds
+    args.seeded = seeded
     return args
 
 
@@ -131,8 +139,9 @@ def run(cmd, log):
 
 
 def pretraining_seeds(args, objective):
-    """The pretraining seeds of `objective`: --pretrain_seeds of them for the --seeded objectives, else one."""
-    return [args.seed + i for i in range(args.pretrain_seeds if objective in args.seeded else 1)]
+    """The pretraining seeds of `objective`: as many as --seeded gives it (objective:N, or --pretrain_seeds), else
+    one."""
+    return [args.seed + i for i in range(args.seeded.get(objective, 1))]
 
 
 def pretrain(args, objective, steps, out, seed=None):

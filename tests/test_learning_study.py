@@ -55,6 +55,21 @@ def test_the_hour_profile_sets_the_five_objectives_side_by_side_with_two_seeds_f
     assert learning.parse_args([]).pretrain_seeds == 1 and learning.parse_args([]).objectives == ['electra', 'mlm']
 
 
+def test_seeded_gives_each_objective_its_own_number_of_pretraining_runs():
+    args = learning.parse_args(['--profile', 'cpu-hour', '--seeded', 'electra:3,mlm', '--seed', '5'])
+    assert {o: learning.pretraining_seeds(args, o) for o in args.objectives} == {
+        'electra': [5, 6, 7], 'electra-15': [5], 'replace-mlm': [5], 'all-tokens-mlm': [5], 'mlm': [5, 6]}
+
+
+@pytest.mark.parametrize('seeded, message', [('electra:0', 'a number of runs, 1 or more'), ('electra:x', 'a number of runs'),
+                                             ('elektra:2', "unknown objective 'elektra'")])
+def test_a_bad_seeded_entry_is_one_line_naming_it(seeded, message, capsys):
+    with pytest.raises(SystemExit):
+        learning.parse_args(['--seeded', seeded])
+    err = capsys.readouterr().err
+    assert message in err and 'Traceback' not in err
+
+
 def test_a_rows_score_is_the_mean_of_task_medians_with_a_bootstrap_interval():
     runs = [{'CoLA': [10.0, 20.0, 30.0], 'RTE': [50.0, 52.0, 60.0]}]
     assert learning.row_score(runs) == (20.0 + 52.0) / 2
