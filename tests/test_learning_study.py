@@ -61,7 +61,8 @@ def test_seeded_gives_each_objective_its_own_number_of_pretraining_runs():
         'electra': [5, 6, 7], 'electra-15': [5], 'replace-mlm': [5], 'all-tokens-mlm': [5], 'mlm': [5, 6]}
 
 
-@pytest.mark.parametrize('seeded, message', [('electra:0', 'a number of runs, 1 or more'), ('electra:x', 'a number of runs'),
+@pytest.mark.parametrize('seeded, message', [('electra:0', 'a number of runs, 1 or more'),
+                                             ('electra:x', 'a number of runs'),
                                              ('elektra:2', "unknown objective 'elektra'")])
 def test_a_bad_seeded_entry_is_one_line_naming_it(seeded, message, capsys):
     with pytest.raises(SystemExit):
